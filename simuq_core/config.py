@@ -1,0 +1,234 @@
+"""Typed, validated parameters (the schema of ``params.yaml``).
+
+Every model forbids unknown keys and bounds its values, so a typo in ``params.yaml`` or in
+``dvc exp run -S`` fails at stage start-up with the dotted key named. The library never reads
+``params.yaml`` itself: stages load the YAML and call :func:`parse_params`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simuq_core.physics import otf_cutoff_cycles_per_px
+
+__all__ = [
+    "NoiseParams",
+    "ObjectParams",
+    "Params",
+    "ParamsError",
+    "PsfParams",
+    "SimulateParams",
+    "UQParams",
+    "format_validation_error",
+    "params_hash",
+    "parse_params",
+]
+
+
+class ParamsError(ValueError):
+    """Invalid parameters; the message names the file and every offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PsfParams(_Strict):
+    """Optics of the simulated microscope (BioSR-like defaults, DESIGN.md §7)."""
+
+    kind: Literal["airy", "gaussian"] = "airy"
+    na: float = Field(1.3, gt=0.0, le=1.7, description="numerical aperture")
+    wavelength_nm: float = Field(488.0, gt=100.0, lt=2000.0)
+    lr_pixel_nm: float = Field(62.6, gt=1.0, lt=1000.0, description="camera pixel at the sample")
+    size: int | None = Field(
+        None, ge=3, le=201, description="kernel size in HR pixels (odd); null = auto"
+    )
+    gaussian_fwhm_nm: float | None = Field(
+        None, gt=0.0, description="FWHM for kind=gaussian; null = Airy-equivalent 0.51·λ/NA"
+    )
+    na_jitter: float = Field(0.0, ge=0.0, lt=0.5, description="relative per-sample NA jitter")
+
+    @model_validator(mode="after")
+    def _odd_size(self) -> PsfParams:
+        if self.size is not None and self.size % 2 == 0:
+            raise ValueError(f"size must be odd (the PSF is centred on a pixel), got {self.size}")
+        return self
+
+
+class ObjectParams(_Strict):
+    """How many objects of each kind a sample holds: ``[min, max]`` (inclusive, uniform)."""
+
+    curves: tuple[int, int] = (2, 6)
+    tubes: tuple[int, int] = (0, 2)
+    rings: tuple[int, int] = (0, 3)
+    blobs: tuple[int, int] = (1, 6)
+    filament_width_nm: float = Field(30.0, gt=0.0)
+    tube_diameter_nm: tuple[float, float] = (80.0, 200.0)
+    ring_radius_nm: tuple[float, float] = (80.0, 250.0)
+    blob_sigma_nm: tuple[float, float] = (30.0, 120.0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ObjectParams:
+        for name in ("curves", "tubes", "rings", "blobs", "tube_diameter_nm", "ring_radius_nm",
+                     "blob_sigma_nm"):
+            lo, hi = getattr(self, name)
+            if lo < 0 or hi < lo:
+                raise ValueError(f"{name} must be [min, max] with 0 <= min <= max, got {[lo, hi]}")
+        if max(self.curves[1], self.tubes[1], self.rings[1], self.blobs[1]) == 0:
+            raise ValueError("at least one object kind needs max > 0 (the sample would be empty)")
+        return self
+
+
+class NoiseParams(_Strict):
+    """Camera and photon noise (DESIGN.md §7). Electrons ``e``; ADU = gain·e + offset."""
+
+    photons: float = Field(200.0, gt=0.0, description="mean expected photons per LR pixel on structure")
+    background_photons: float = Field(5.0, ge=0.0)
+    read_noise_e: float = Field(5.0, ge=0.0)
+    hetero_noise_e: float = Field(
+        20.0, ge=0.0, description="extra Gaussian σ (e-) at the peak of the smooth spatial mask"
+    )
+    hetero_blobs: int = Field(3, ge=0, le=50, description="Gaussian blobs in the noise mask")
+    gain_adu_per_e: float = Field(2.0, gt=0.0)
+    offset_adu: float = Field(100.0, ge=0.0)
+    norm_percentile: float = Field(
+        99.9, gt=50.0, le=100.0, description="loader scale: this percentile of (raw - offset)"
+    )
+
+
+class SimulateParams(_Strict):
+    """The ``simulate`` stage: synthetic SIM data with known heteroscedastic noise."""
+
+    seed: int = Field(0, ge=0)
+    n_samples: int = Field(..., ge=1, description="training samples")
+    n_val: int = Field(..., ge=1)
+    n_test: int = Field(..., ge=1)
+    lr_h: int = Field(..., ge=8, le=4096)
+    lr_w: int = Field(..., ge=8, le=4096)
+    hr_factor: int = Field(..., ge=1, le=8)
+    n_angles: int = Field(3, ge=1, le=8)
+    n_phases: int = Field(3, ge=2, le=8)
+    pattern_period_lr: float | None = Field(
+        5.0, gt=0.0, description="pattern period in LR pixels (or set pattern_k_frac)"
+    )
+    pattern_k_frac: float | None = Field(
+        None, gt=0.0, description="pattern frequency as a fraction of the OTF cut-off 2NA/λ"
+    )
+    period_jitter: float = Field(0.0, ge=0.0, lt=0.5)
+    modulation: float = Field(0.8, ge=0.0, le=1.0)
+    modulation_jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    psf: PsfParams = PsfParams()
+    objects: ObjectParams = ObjectParams()
+    noise: NoiseParams = NoiseParams()
+
+    @model_validator(mode="after")
+    def _pattern(self) -> SimulateParams:
+        if (self.pattern_period_lr is None) == (self.pattern_k_frac is None):
+            raise ValueError("set exactly one of pattern_period_lr and pattern_k_frac (the other null)")
+        shortest = self.period_lr * (1.0 - self.period_jitter)
+        if shortest <= 2.0:
+            raise ValueError(
+                f"pattern period {shortest:.3g} LR px (after jitter) is at or below the Nyquist "
+                "limit of 2 LR px: the camera cannot sample the pattern"
+            )
+        return self
+
+    @property
+    def period_lr(self) -> float:
+        """Pattern period in LR pixels, whichever way it was given."""
+        if self.pattern_period_lr is not None:
+            return self.pattern_period_lr
+        cutoff = otf_cutoff_cycles_per_px(self.psf.na, self.psf.wavelength_nm, self.psf.lr_pixel_nm)
+        return 1.0 / (self.pattern_k_frac * cutoff)
+
+    @property
+    def n_frames(self) -> int:
+        return self.n_angles * self.n_phases
+
+    @property
+    def hr_pixel_nm(self) -> float:
+        return self.psf.lr_pixel_nm / self.hr_factor
+
+
+UQTarget = Literal["emitter", "lp", "psf"]
+
+
+class UQParams(_Strict):
+    """Aleatoric-uncertainty settings shared by both training stages (DESIGN.md §2, §4, §5)."""
+
+    targets: list[UQTarget] = Field(
+        default_factory=lambda: ["emitter", "lp", "psf"],
+        description="components that get a log-variance head (any subset, may be empty)",
+    )
+    logvar_min: float = Field(-10.0, ge=-30.0, le=10.0)
+    logvar_max: float = Field(3.0, ge=-30.0, le=10.0)
+    logvar_init: float = Field(-4.0, ge=-30.0, le=10.0, description="bias init of the heads")
+    logvar_bound: Literal["hard", "soft"] = Field(
+        "soft", description="hard = the original clamp; soft = smooth bound with non-zero gradient"
+    )
+    var_floor: float = Field(1e-6, ge=0.0, lt=1.0)
+    psf_var_weight: float = Field(1.0, ge=0.0, description="weight of PSF terms in Var(rec); 0 off")
+    pool_var: Literal["exact", "independent"] = Field(
+        "exact", description="exact merged-kernel rule, or the original (biased) ablation"
+    )
+    obs_noise: Literal["none", "poisson_gaussian"] = "poisson_gaussian"
+    nll_beta: float = Field(0.5, ge=0.0, le=1.0, description="β-NLL exponent; 0 = plain NLL")
+    detach_mean_in_var: bool = Field(
+        False, description="stop the mean's gradient through the variance term"
+    )
+    aux_rec_weight: float = Field(0.0, ge=0.0)
+    aux_rec_mode: Literal["l1", "ms-ssim", "l1+ms-ssim"] = "l1+ms-ssim"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> UQParams:
+        if self.logvar_min >= self.logvar_max:
+            raise ValueError(
+                f"logvar_min ({self.logvar_min}) must be < logvar_max ({self.logvar_max})"
+            )
+        if not self.logvar_min <= self.logvar_init <= self.logvar_max:
+            raise ValueError("logvar_init must lie within [logvar_min, logvar_max]")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets has duplicates: {self.targets}")
+        return self
+
+
+class Params(_Strict):
+    """The whole ``params.yaml``: one section per stage, plus the shared ``uq`` section."""
+
+    simulate: SimulateParams
+    uq: UQParams = UQParams()
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``<source>: <dotted.key>: <message> (got <value>)``."""
+    lines = [f"{source}: invalid parameters ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?); not part of the schema"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed ``params.yaml`` mapping; raise :class:`ParamsError` naming bad keys."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(format_validation_error(err, source)) from None
+
+
+def params_hash(params: BaseModel) -> str:
+    """Short stable hash of validated params (for tags and dataset manifests)."""
+    blob = json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
