@@ -21,7 +21,10 @@ __all__ = [
     "Params",
     "ParamsError",
     "PsfParams",
+    "ModelParams",
+    "OpticsPrior",
     "SimulateParams",
+    "TrainParams",
     "UQParams",
     "format_validation_error",
     "params_hash",
@@ -175,7 +178,10 @@ class UQParams(_Strict):
     pool_var: Literal["exact", "independent"] = Field(
         "exact", description="exact merged-kernel rule, or the original (biased) ablation"
     )
-    obs_noise: Literal["none", "poisson_gaussian"] = "poisson_gaussian"
+    obs_noise: Literal["none", "poisson_gaussian", "poisson_gaussian_map"] = Field(
+        "poisson_gaussian_map",
+        description="observation noise in Var(rec): none; a·rec + b; or a·rec + b + a per-pixel map",
+    )
     nll_beta: float = Field(0.5, ge=0.0, le=1.0, description="β-NLL exponent; 0 = plain NLL")
     detach_mean_in_var: bool = Field(
         False, description="stop the mean's gradient through the variance term"
@@ -196,11 +202,69 @@ class UQParams(_Strict):
         return self
 
 
+class OpticsPrior(_Strict):
+    """What the user knows of the microscope: the PSF head starts at this Airy PSF."""
+
+    na: float = Field(1.3, gt=0.0, le=1.7)
+    wavelength_nm: float = Field(488.0, gt=100.0, lt=2000.0)
+    lr_pixel_nm: float = Field(62.6, gt=1.0, lt=1000.0)
+
+
+class ModelParams(_Strict):
+    """The network (shared by both training stages)."""
+
+    backbone: Literal["unet"] = "unet"
+    rescale: int = Field(2, ge=1, le=8, description="model grid = rescale x the camera grid")
+    width: int = Field(32, ge=4, le=512, description="channels of the first U-Net level")
+    depth: int = Field(3, ge=1, le=6, description="U-Net down-sampling levels")
+    psf_size: int | None = Field(None, ge=3, le=129, description="odd, model-grid px; null = auto")
+    psf_mode: Literal["per_sample", "shared"] = Field(
+        "per_sample", description="one PSF per sample (predicted) or one learned PSF for all"
+    )
+    background: bool = Field(True, description="predict a smooth additive background")
+    optics: OpticsPrior = OpticsPrior()
+
+    @model_validator(mode="after")
+    def _odd_psf(self) -> ModelParams:
+        if self.psf_size is not None and self.psf_size % 2 == 0:
+            raise ValueError(f"psf_size must be odd, got {self.psf_size}")
+        return self
+
+
+class TrainParams(_Strict):
+    """One training run (the ``train_selfsup`` / ``train_sup`` sections)."""
+
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1, le=4096)
+    epochs: int = Field(40, ge=1, le=100000)
+    lr: float = Field(1e-3, gt=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0, lt=1.0)
+    warmup_steps: int = Field(50, ge=0, description="linear learning-rate warm-up")
+    grad_clip: float = Field(1.0, gt=0.0, description="global-norm gradient clipping")
+    mean_first_epochs: int = Field(
+        5, ge=0, description="epochs of mean-only loss (variances frozen) before the NLL"
+    )
+    log_every: int = Field(10, ge=1, description="steps between metrics.csv rows")
+    debug_every_epochs: int = Field(10, ge=1)
+    n_debug_samples: int = Field(2, ge=1, le=64)
+    keep_checkpoints: int = Field(2, ge=1, le=100)
+    resume: bool = Field(False, description="continue from the latest checkpoint if present")
+    max_val_samples: int | None = Field(None, ge=1, description="cap on val samples per epoch")
+    psf_prior_weight: float = Field(1.0, ge=0.0, description="pull of the PSF towards the prior")
+    lp_smooth_weight: float = Field(0.0, ge=0.0, description="LP smoothness regulariser")
+    gt_norm: Literal["none", "minmax", "minmax_full", "minmax_per_channel"] = Field(
+        "none", description="supervised GT normalisation (train_sup only)"
+    )
+
+
 class Params(_Strict):
-    """The whole ``params.yaml``: one section per stage, plus the shared ``uq`` section."""
+    """The whole ``params.yaml``: one section per stage, plus the shared sections."""
 
     simulate: SimulateParams
     uq: UQParams = UQParams()
+    model: ModelParams = ModelParams()
+    train_selfsup: TrainParams = TrainParams()
+    train_sup: TrainParams = TrainParams()
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -1,0 +1,154 @@
+"""One training run end to end: data, model, objective, engine, saved model and test metrics.
+
+:func:`run_training` is what the ``train_selfsup`` and ``train_sup`` stages call; the two modes
+share everything but the objective (:mod:`simuq_core.objectives`).
+
+Model folder (``models/<mode>/``): ``model.npz`` (parameters as host arrays), ``model.json`` (what
+rebuilds the network: model/uq params, PSF size, frame count, data geometry, normalisation rule),
+``metrics.csv``, ``checkpoints/``, ``debug_samples/``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from flax import nnx
+
+from simuq_core.config import ModelParams, Params, TrainParams, UQParams, params_hash
+from simuq_core.dataset import DatasetSplit, load_split
+from simuq_core.debug import debug_dir_name, write_uncertainty_artifacts
+from simuq_core.evaluation import evaluate, make_predictor, pool_gt
+from simuq_core.io import read_json, write_json
+from simuq_core.objectives import selfsup_objective, sup_objective
+from simuq_core.reconstruction import build_model, model_spec
+from simuq_core.training import Trainer, load_checkpoint_arrays, restore_state, state_to_arrays
+
+__all__ = ["apply_gt_norm", "load_model", "run_training", "save_model"]
+
+log = logging.getLogger("simuq.experiment")
+Mode = Literal["selfsup", "sup"]
+
+
+def apply_gt_norm(emitter: np.ndarray, lp: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Supervised GT normalisation (the original's ``gt_norm``), per sample.
+
+    ``none``: unchanged (our GT is already scaled: emitter max 1, LP mean 1); ``minmax``: emitter to
+    [0, 1]; ``minmax_full``: emitter and LP each to [0, 1] (the original; the LP then has mean
+    ≈ 0.5 and can never match the network's mean-1 LP: kept only as an ablation, DESIGN.md §4.6);
+    ``minmax_per_channel``: emitter to [0, 1] and every LP frame separately to [0, 1].
+    """
+    def mm(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+        lo, hi = a.min(axis=axes, keepdims=True), a.max(axis=axes, keepdims=True)
+        return (a - lo) / np.maximum(hi - lo, 1e-12)
+
+    if mode == "none":
+        return emitter, lp
+    emitter = mm(emitter, (1, 2))
+    if mode == "minmax_full":
+        lp = mm(lp, (1, 2, 3))
+    elif mode == "minmax_per_channel":
+        lp = mm(lp, (2, 3))
+    return emitter, lp
+
+
+def _gt_factor(data_dir: Path, rescale: int) -> int:
+    hr_factor = int(read_json(data_dir / "dataset.json")["geometry"]["hr_factor"])
+    if hr_factor % rescale:
+        raise ValueError(
+            f"model.rescale={rescale} must divide the dataset's hr_factor={hr_factor} "
+            f"({data_dir / 'dataset.json'}): GT is block-averaged onto the model grid"
+        )
+    return hr_factor // rescale
+
+
+def _arrays(split: DatasetSplit, factor: int, gt_norm: str, with_gt: bool) -> dict[str, np.ndarray]:
+    out = {"x": split.raw}
+    if with_gt:
+        if split.emitter is None:
+            raise FileNotFoundError("supervised training needs <split>_gt/ ground truth")
+        em, lp = apply_gt_norm(pool_gt(split.emitter, factor), pool_gt(split.light_pattern, factor),
+                               gt_norm)
+        out |= {"emitter_gt": em.astype(np.float32), "lp_gt": lp.astype(np.float32)}
+    return out
+
+
+def save_model(model: nnx.Module, spec: dict[str, Any], out_dir: Path) -> None:
+    from simuq_core.io import write_npz
+
+    write_npz(out_dir / "model.npz", **state_to_arrays(nnx.state(model, nnx.Param)))
+    write_json(out_dir / "model.json", spec)
+
+
+def load_model(model_dir: str | Path) -> tuple[nnx.Module, dict[str, Any]]:
+    """Rebuild a saved network and load its parameters (any device count)."""
+    model_dir = Path(model_dir)
+    spec = read_json(model_dir / "model.json")
+    model = build_model(ModelParams(**spec["model"]), UQParams(**spec["uq"]), spec["n_frames"], 0)
+    state = nnx.state(model, nnx.Param)
+    arrays = load_checkpoint_arrays(model_dir / "model.npz")
+    nnx.update(model, restore_state(state, arrays, str(model_dir / "model.npz")))
+    return model, spec
+
+
+def run_training(
+    mode: Mode,
+    params: Params,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    progress: bool = True,
+    devices: list | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Train one model (``selfsup`` or ``sup``), save it, and return its test-split metrics."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    cfg: TrainParams = params.train_selfsup if mode == "selfsup" else params.train_sup
+    uq, model_cfg = params.uq, params.model
+    factor = _gt_factor(data_dir, model_cfg.rescale)
+    sup = mode == "sup"
+    train = load_split(data_dir, "train")
+    val = load_split(data_dir, "val", limit=cfg.max_val_samples)
+    n_frames = train.raw.shape[1]
+    model = build_model(model_cfg, uq, n_frames, cfg.seed)
+    prior = np.asarray(model.psf_head.bias[...]).reshape(model.psf_size, model.psf_size) \
+        if model_cfg.psf_mode == "per_sample" else np.asarray(model.psf_logits[...])
+    prior = np.exp(prior - prior.max())
+    prior /= prior.sum()
+    objective = (sup_objective if sup else selfsup_objective)(uq, cfg, prior)
+    predictor = make_predictor(uq, cfg.batch_size)
+    val_arrays = _arrays(val, factor, cfg.gt_norm, with_gt=val.emitter is not None)
+
+    def evaluator(m: nnx.Module) -> dict[str, float]:
+        pred = predictor(m, val.raw)
+        return evaluate(pred, val.raw, val.sigma, val_arrays.get("emitter_gt"),
+                        val_arrays.get("lp_gt"), model_cfg.rescale, latent=sup)
+
+    def on_debug(m: nnx.Module, epoch: int, step: int) -> None:
+        pred = predictor(m, val.raw[: cfg.n_debug_samples])
+        write_uncertainty_artifacts(pred, out_dir / "debug_samples" / debug_dir_name(epoch, step))
+
+    trainer = Trainer(model, objective, cfg, _arrays(train, factor, cfg.gt_norm, with_gt=sup),
+                      out_dir, evaluator=evaluator, on_debug=on_debug, on_epoch_end=on_epoch_end,
+                      devices=devices, progress=progress)
+    result = trainer.fit()
+    manifest = read_json(data_dir / "dataset.json")
+    spec = model_spec(model_cfg, uq, n_frames) | {
+        "mode": mode,
+        "train": cfg.model_dump(mode="json"),
+        "params_hash": params_hash(params),
+        "dataset_sha256": manifest["content_sha256"],
+        "normalisation": manifest["normalisation"],
+        "hr_factor": manifest["geometry"]["hr_factor"],
+    }
+    save_model(result.model, spec, out_dir)
+
+    test = load_split(data_dir, "test")
+    test_arrays = _arrays(test, factor, cfg.gt_norm, with_gt=test.emitter is not None)
+    metrics = evaluate(predictor(result.model, test.raw), test.raw, test.sigma,
+                       test_arrays.get("emitter_gt"), test_arrays.get("lp_gt"),
+                       model_cfg.rescale, latent=sup)
+    log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
+    return metrics

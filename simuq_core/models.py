@@ -1,0 +1,229 @@
+"""SIM reconstruction networks (Flax NNX).
+
+:class:`SIMNet` maps the 9 normalised raw frames ``(B, F, H, W)`` to the physical components of the
+forward model on the model grid (``rescale``× finer, ``Hh = rescale·H``):
+
+- ``emitter`` ``(B, Hh, Wh)``: softplus, ≥ 0;
+- ``light_pattern`` ``(B, F, Hh, Wh)``: ``F · softmax`` over frames, so its mean over frames is 1;
+- ``psf`` ``(B, K, K)``: softmax over the ``K²`` taps (≥ 0, sums to 1). ``psf_mode="per_sample"``
+  predicts one PSF per sample from the bottleneck features (starting at the Airy prior of the
+  configured optics); ``"shared"`` learns one PSF for the whole dataset (broadcast over B);
+- ``background`` ``(B, H, W)`` (optional): smooth (bottleneck resolution, bilinearly upsampled);
+
+and, for the components in ``uq_targets``, *unbounded* log-variance maps predicted from decoder
+**features** by small convolutional heads (DESIGN.md §4.1): ``emitter_logvar`` ``(B, Hh, Wh)``,
+``lp_logvar`` ``(B, F, Hh, Wh)``, ``psf_logvar`` ``(B, K, K)`` (the *relative* variance of each
+tap: ``Var p = p² · exp(logvar)``, so a PSF variance can never dwarf the taps themselves, the
+failure of DESIGN.md §4.3), and ``obs_logvar`` ``(B, H, W)`` (a per-pixel observation-noise map on
+the camera grid, when ``obs_noise = poisson_gaussian_map``). Disabled targets have no head and no
+output. The bias of every head starts at ``logvar_bias`` (chosen by the caller so that the bounded
+log-variance starts at ``uq.logvar_init``).
+
+The backbone is a U-Net working on the camera grid; it is swappable (``backbone`` names a class
+in :data:`BACKBONES` with the same ``(B, H, W, C) -> features, bottleneck`` contract).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from simuq_core.physics import airy_psf, default_psf_size
+
+__all__ = ["BACKBONES", "SIMNet", "UNet", "model_psf_size"]
+
+
+def _groups(channels: int) -> int:
+    for g in (8, 4, 2, 1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class ConvBlock(nnx.Module):
+    """Two 3×3 convolutions, each followed by GroupNorm and GELU. ``(B, H, W, Cin) -> (B, H, W, C)``."""
+
+    def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
+        self.norm1 = nnx.GroupNorm(cout, num_groups=_groups(cout), rngs=rngs)
+        self.conv2 = nnx.Conv(cout, cout, (3, 3), rngs=rngs)
+        self.norm2 = nnx.GroupNorm(cout, num_groups=_groups(cout), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nnx.gelu(self.norm1(self.conv1(x)))
+        return nnx.gelu(self.norm2(self.conv2(x)))
+
+
+class UNet(nnx.Module):
+    """U-Net on the camera grid. ``(B, H, W, Cin) -> ((B, H, W, width), (B, H/2^d, W/2^d, Cb))``.
+
+    ``H`` and ``W`` must be divisible by ``2**depth``.
+    """
+
+    def __init__(self, cin: int, width: int, depth: int, *, rngs: nnx.Rngs):
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.out_features = width
+        self.bottleneck_features = chans[depth]
+        self.enc = nnx.List(
+            [ConvBlock(cin if i == 0 else chans[i - 1], chans[i], rngs=rngs) for i in range(depth)]
+        )
+        self.mid = ConvBlock(chans[depth - 1], chans[depth], rngs=rngs)
+        self.up = nnx.List(
+            [nnx.ConvTranspose(chans[i + 1], chans[i], (2, 2), strides=(2, 2), rngs=rngs)
+             for i in reversed(range(depth))]
+        )
+        self.dec = nnx.List(
+            [ConvBlock(2 * chans[i], chans[i], rngs=rngs) for i in reversed(range(depth))]
+        )
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        b, h, w, _ = x.shape
+        if h % 2**self.depth or w % 2**self.depth:
+            raise ValueError(
+                f"input {h}x{w} must be divisible by 2**depth = {2**self.depth} (model.depth)"
+            )
+        skips = []
+        for block in self.enc:
+            x = block(x)
+            skips.append(x)
+            x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
+        bottleneck = self.mid(x)
+        x = bottleneck
+        for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+            x = dec(jnp.concatenate([up(x), skip], axis=-1))
+        return x, bottleneck
+
+
+BACKBONES = {"unet": UNet}
+
+
+def _depth_to_space(x: jax.Array, r: int) -> jax.Array:
+    """Pixel shuffle ``(B, H, W, C·r²) -> (B, r·H, r·W, C)``."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, r, r, c // (r * r))
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
+
+
+class _LogvarHead(nnx.Module):
+    """3×3 conv + GELU + 1×1 conv on features; the last bias starts at ``bias``."""
+
+    def __init__(self, cin: int, cout: int, bias: float, *, rngs: nnx.Rngs):
+        hidden = max(cin // 2, 4)
+        self.conv = nnx.Conv(cin, hidden, (3, 3), rngs=rngs)
+        self.out = nnx.Conv(hidden, cout, (1, 1), kernel_init=nnx.initializers.normal(1e-3),
+                            bias_init=nnx.initializers.constant(bias), rngs=rngs)
+
+    def __call__(self, feats: jax.Array) -> jax.Array:
+        return self.out(nnx.gelu(self.conv(feats)))
+
+
+def model_psf_size(optics_na: float, wavelength_nm: float, model_pixel_nm: float,
+                   configured: int | None) -> int:
+    return configured or default_psf_size(optics_na, wavelength_nm, model_pixel_nm)
+
+
+class SIMNet(nnx.Module):
+    """The physics-informed SIM network (module docstring). Call with ``(B, F, H, W)``."""
+
+    def __init__(
+        self,
+        *,
+        n_frames: int,
+        rescale: int,
+        width: int,
+        depth: int,
+        psf_size: int,
+        psf_prior: np.ndarray,
+        uq_targets: tuple[str, ...],
+        obs_map: bool,
+        logvar_bias: float,
+        background: bool = True,
+        psf_mode: str = "per_sample",
+        obs_noise_raw: tuple[float, float] | None = None,
+        backbone: str = "unet",
+        rngs: nnx.Rngs,
+    ):
+        if psf_prior.shape != (psf_size, psf_size):
+            raise ValueError(f"psf_prior shape {psf_prior.shape} != ({psf_size}, {psf_size})")
+        self.n_frames, self.rescale, self.psf_size = n_frames, rescale, psf_size
+        self.uq_targets = tuple(uq_targets)
+        self.psf_mode = psf_mode
+        self.backbone = BACKBONES[backbone](n_frames, width, depth, rngs=rngs)
+        cb = self.backbone.bottleneck_features
+        self.to_hr = nnx.Conv(width, width * rescale**2, (3, 3), rngs=rngs)
+        self.hr_block = ConvBlock(width, width, rngs=rngs)
+        self.emitter_head = nnx.Conv(width, 1, (1, 1), rngs=rngs)
+        self.lp_head = nnx.Conv(width, n_frames, (1, 1), kernel_init=nnx.initializers.normal(1e-2),
+                                rngs=rngs)
+        prior_logits = np.log(np.maximum(psf_prior, 1e-12 * psf_prior.max())).astype(np.float32)
+        k2 = psf_size * psf_size
+        if psf_mode == "per_sample":
+            self.psf_hidden = nnx.Linear(cb, 64, rngs=rngs)
+            self.psf_head = nnx.Linear(64, k2, kernel_init=nnx.initializers.zeros,
+                                       bias_init=lambda *_: jnp.asarray(prior_logits.ravel()),
+                                       rngs=rngs)
+        else:
+            self.psf_logits = nnx.Param(jnp.asarray(prior_logits))
+        self.background_head = (
+            nnx.Conv(cb, 1, (1, 1), kernel_init=nnx.initializers.normal(1e-3),
+                     bias_init=nnx.initializers.constant(-4.0), rngs=rngs)
+            if background else None
+        )
+        self.emitter_logvar_head = (
+            _LogvarHead(width, 1, logvar_bias, rngs=rngs) if "emitter" in uq_targets else None
+        )
+        self.lp_logvar_head = (
+            _LogvarHead(width, n_frames, logvar_bias, rngs=rngs) if "lp" in uq_targets else None
+        )
+        if "psf" in uq_targets:
+            self.psf_logvar_hidden = nnx.Linear(cb, 64, rngs=rngs)
+            self.psf_logvar_head = nnx.Linear(
+                64, k2, kernel_init=nnx.initializers.normal(1e-3),
+                bias_init=nnx.initializers.constant(logvar_bias), rngs=rngs)
+        else:
+            self.psf_logvar_hidden = self.psf_logvar_head = None
+        self.obs_logvar_head = _LogvarHead(width, 1, logvar_bias, rngs=rngs) if obs_map else None
+        # Unconstrained Poisson-Gaussian coefficients (a_raw, b_raw) of the camera noise model.
+        self.obs_noise_raw = (
+            nnx.Param(jnp.asarray(obs_noise_raw, jnp.float32)) if obs_noise_raw is not None else None
+        )
+
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+        """``x``: ``(B, F, H, W)`` normalised frames -> dict of components (module docstring)."""
+        b, f, h, w = x.shape
+        if f != self.n_frames:
+            raise ValueError(f"expected {self.n_frames} frames, got input of shape {x.shape}")
+        feats, bottleneck = self.backbone(x.transpose(0, 2, 3, 1))
+        hr = self.hr_block(_depth_to_space(nnx.gelu(self.to_hr(feats)), self.rescale))
+        out = {
+            "emitter": nnx.softplus(self.emitter_head(hr)[..., 0]),
+            "light_pattern": f * nnx.softmax(self.lp_head(hr), axis=-1).transpose(0, 3, 1, 2),
+        }
+        pooled = bottleneck.mean(axis=(1, 2))
+        k = self.psf_size
+        if self.psf_mode == "per_sample":
+            logits = self.psf_head(nnx.gelu(self.psf_hidden(pooled)))
+        else:
+            logits = jnp.broadcast_to(self.psf_logits[...].ravel(), (b, k * k))
+        out["psf"] = nnx.softmax(logits, axis=-1).reshape(b, k, k)
+        if self.background_head is not None:
+            bg = nnx.softplus(self.background_head(bottleneck))
+            out["background"] = jax.image.resize(bg, (b, h, w, 1), "linear")[..., 0]
+        if self.emitter_logvar_head is not None:
+            out["emitter_logvar"] = self.emitter_logvar_head(hr)[..., 0]
+        if self.lp_logvar_head is not None:
+            out["lp_logvar"] = self.lp_logvar_head(hr).transpose(0, 3, 1, 2)
+        if self.psf_logvar_head is not None:
+            hidden = nnx.gelu(self.psf_logvar_hidden(pooled))
+            out["psf_logvar"] = self.psf_logvar_head(hidden).reshape(b, k, k)
+        if self.obs_logvar_head is not None:
+            out["obs_logvar"] = self.obs_logvar_head(feats)[..., 0]
+        return out
+
+
+def airy_prior(na: float, wavelength_nm: float, model_pixel_nm: float, size: int) -> np.ndarray:
+    """The Airy PSF the PSF head starts from, ``(size, size)``."""
+    return airy_psf(size, na, wavelength_nm, model_pixel_nm)

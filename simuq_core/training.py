@@ -1,0 +1,364 @@
+"""The training engine shared by the self-supervised and the supervised stages.
+
+One loop, parameterised by an *objective* ``(model, batch, mean_only) -> (loss, terms)`` and an
+*evaluator* ``(model, split) -> metrics``:
+
+- optax AdamW (no decay on biases / norms), linear warm-up then cosine decay, global-norm clipping;
+- a mean-first phase (``mean_first_epochs``: the objective's mean-only loss, variance heads idle)
+  before the likelihood;
+- data parallel over all local devices: ``jax.jit`` with the batch sharded over a 1-D device
+  :class:`~jax.sharding.Mesh` and the parameters replicated (no ``pmap``);
+- deterministic for a seed on CPU: the model initialisation and the epoch order derive from
+  ``seed`` and the epoch index only, so ``resume`` reproduces an uninterrupted run;
+- checkpoints (host NumPy arrays, written atomically, last ``keep_checkpoints`` kept) restore on
+  any device count;
+- a non-finite loss stops training with :class:`TrainingDiverged`, naming the step and terms; the
+  last good checkpoint is left untouched;
+- ``metrics.csv`` rows every ``log_every`` steps (``kind=step``) and per epoch (``kind=epoch``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from simuq_core.config import TrainParams
+from simuq_core.io import _atomic_file, read_json, write_json, write_npz
+
+__all__ = [
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "load_checkpoint_arrays",
+    "make_optimizer",
+    "restore_state",
+    "state_to_arrays",
+]
+
+log = logging.getLogger("simuq.training")
+
+Batch = dict[str, np.ndarray]
+Objective = Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array],
+                     tuple[jax.Array, dict[str, jax.Array]]]
+Evaluator = Callable[[nnx.Module], dict[str, float]]
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss; the message names the step and every loss term."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimiser and state (de)serialisation
+# ----------------------------------------------------------------------------------------------
+
+
+def make_optimizer(cfg: TrainParams, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up + cosine decay, global-norm clipping; no decay on 1-D params."""
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else cfg.lr, peak_value=cfg.lr, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=0.05 * cfg.lr,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.adamw(schedule, weight_decay=cfg.weight_decay,
+                    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)),
+    )
+
+
+def _key_str(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def state_to_arrays(tree: Any) -> dict[str, np.ndarray]:
+    """Flatten a pytree of arrays to ``{path: host array}`` (device-count independent)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = {}
+    for path, leaf in flat:
+        out[_key_str(path)] = np.asarray(jax.device_get(leaf))
+    return out
+
+
+def restore_state(template: Any, arrays: Mapping[str, np.ndarray], source: str) -> Any:
+    """Fill ``template``'s structure with ``arrays`` (from :func:`state_to_arrays`)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for path, leaf in flat:
+        key = _key_str(path)
+        if key not in arrays:
+            raise KeyError(f"{source}: checkpoint has no entry {key!r} (different model params?)")
+        value = arrays[key]
+        if value.shape != np.shape(leaf):
+            raise ValueError(
+                f"{source}: {key!r} has shape {value.shape}, the model expects {np.shape(leaf)}"
+            )
+        leaves.append(jnp.asarray(value, dtype=jnp.asarray(leaf).dtype))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def load_checkpoint_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    model: nnx.Module
+    epochs_run: int
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Train ``model`` on ``train`` (a dict of equally long NumPy arrays, first axis = sample).
+
+    Parameters
+    ----------
+    model : the network (initialised; its parameters are replaced on resume).
+    objective : jittable ``(model, batch, mean_only) -> (loss, terms)``; ``mean_only`` is a traced
+        0/1 scalar so both phases share one compiled step.
+    cfg : training params.
+    out_dir : model folder (``checkpoints/``, ``metrics.csv`` …).
+    evaluator : optional ``model -> {name: value}`` run after every epoch (logged with ``val_``).
+    on_debug : optional ``(model, epoch, step) -> None`` every ``debug_every_epochs``.
+    on_epoch_end : optional ``(epoch) -> None`` after the epoch's checkpoint (tests use it to
+        interrupt a run).
+    devices : devices of the data-parallel mesh (default: all local devices that divide the batch).
+    """
+
+    def __init__(
+        self,
+        model: nnx.Module,
+        objective: Objective,
+        cfg: TrainParams,
+        train: Batch,
+        out_dir: str | Path,
+        evaluator: Evaluator | None = None,
+        on_debug: Callable[[nnx.Module, int, int], None] | None = None,
+        on_epoch_end: Callable[[int], None] | None = None,
+        devices: list | None = None,
+        progress: bool = True,
+    ):
+        self.cfg = cfg
+        self.train = train
+        self.n = len(next(iter(train.values())))
+        if cfg.batch_size > self.n:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} exceeds the {self.n} training samples"
+            )
+        self.steps_per_epoch = self.n // cfg.batch_size  # drop the remainder: static shapes
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.evaluator, self.on_debug, self.on_epoch_end = evaluator, on_debug, on_epoch_end
+        self.progress = progress
+        devices = devices or jax.local_devices()
+        n_dev = max(d for d in range(1, len(devices) + 1) if cfg.batch_size % d == 0)
+        self.mesh = Mesh(np.asarray(devices[:n_dev]), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+        self.data_sharding = NamedSharding(self.mesh, P("data"))
+        self.replicated = NamedSharding(self.mesh, P())
+
+        self.graphdef, params = nnx.split(model, nnx.Param)
+        self.tx = make_optimizer(cfg, self.total_steps)
+        self.params = jax.device_put(params, self.replicated)
+        self.opt_state = jax.device_put(self.tx.init(params), self.replicated)
+        self.model = model
+        self._step_fn = self._build_step(objective)
+        self._grad_fn = self._build_grad(objective)
+
+    # -- compiled functions ------------------------------------------------------------------
+
+    def _loss(self, objective: Objective):
+        def loss_of(params, batch, mean_only):
+            model = nnx.merge(self.graphdef, params)
+            return objective(model, batch, mean_only)
+
+        return loss_of
+
+    def _build_step(self, objective: Objective):
+        loss_of = self._loss(objective)
+        tx = self.tx
+
+        def step(params, opt_state, batch, mean_only):
+            (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(
+                params, batch, mean_only)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            terms = {**terms, "loss": loss, "grad_norm": optax.global_norm(grads)}
+            return params, opt_state, terms
+
+        return jax.jit(step, donate_argnums=(0, 1),
+                       out_shardings=(self.replicated, self.replicated, self.replicated))
+
+    def _build_grad(self, objective: Objective):
+        loss_of = self._loss(objective)
+        return jax.jit(jax.value_and_grad(loss_of, has_aux=True),
+                       out_shardings=self.replicated)
+
+    def loss_and_grads(self, batch: Batch, mean_only: bool = False):
+        """Loss, terms and gradients on one (sharded) batch, without updating (for tests)."""
+        (loss, terms), grads = self._grad_fn(self.params, self._shard(batch),
+                                             jnp.float32(mean_only))
+        return loss, terms, grads
+
+    def _shard(self, batch: Batch) -> dict[str, jax.Array]:
+        return {k: jax.device_put(np.asarray(v), self.data_sharding) for k, v in batch.items()}
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _ckpt_path(self, epoch: int) -> Path:
+        return self.ckpt_dir / f"ckpt_epoch_{epoch:04d}.npz"
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.ckpt_dir.glob("ckpt_epoch_*.npz"))
+        return found[-1] if found else None
+
+    def save_checkpoint(self, epoch: int, step: int, history: list[dict]) -> Path:
+        arrays = {f"params/{k}": v for k, v in state_to_arrays(self.params).items()}
+        arrays |= {f"opt/{k}": v for k, v in state_to_arrays(self.opt_state).items()}
+        path = self._ckpt_path(epoch)
+        write_npz(path, **arrays)
+        write_json(path.with_suffix(".json"), {"epoch": epoch, "step": step, "history": history})
+        for old in sorted(self.ckpt_dir.glob("ckpt_epoch_*.npz"))[: -self.cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+        return path
+
+    def restore_checkpoint(self, path: Path) -> tuple[int, int, list[dict]]:
+        arrays = load_checkpoint_arrays(path)
+        params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+        opt = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")}
+        self.params = jax.device_put(restore_state(self.params, params, str(path)),
+                                     self.replicated)
+        self.opt_state = jax.device_put(restore_state(self.opt_state, opt, str(path)),
+                                        self.replicated)
+        meta = read_json(path.with_suffix(".json"))
+        return int(meta["epoch"]), int(meta["step"]), list(meta["history"])
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.cfg.seed, epoch]).permutation(self.n)
+
+    def sync_model(self) -> nnx.Module:
+        """Copy the current parameters into ``self.model`` (host-side module) and return it."""
+        nnx.update(self.model, jax.device_get(self.params))
+        return self.model
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        start_epoch, step, history = 0, 0, []
+        latest = self.latest_checkpoint()
+        if cfg.resume and latest is not None:
+            last_epoch, step, history = self.restore_checkpoint(latest)
+            start_epoch = last_epoch + 1
+            log.info("resumed from %s (epoch %d, step %d)", latest, last_epoch, step)
+        elif latest is not None:
+            for old in self.ckpt_dir.glob("ckpt_epoch_*"):
+                old.unlink()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._write_csv(history)
+        bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
+                   disable=not self.progress or None)
+        t0 = time.perf_counter()
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                mean_only = jnp.float32(epoch < cfg.mean_first_epochs)
+                order = self._epoch_order(epoch)
+                sums: dict[str, float] = {}
+                window: dict[str, float] = {}
+                for i in range(self.steps_per_epoch):
+                    idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+                    batch = self._shard({k: v[idx] for k, v in self.train.items()})
+                    new_params, new_opt, terms = self._step_fn(
+                        self.params, self.opt_state, batch, mean_only)
+                    terms = {k: float(v) for k, v in jax.device_get(terms).items()}
+                    if not all(math.isfinite(v) for v in terms.values()):
+                        raise TrainingDiverged(self._diverged_message(epoch, step, terms))
+                    self.params, self.opt_state = new_params, new_opt
+                    step += 1
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                        window[k] = window.get(k, 0.0) + v
+                    if step % cfg.log_every == 0:
+                        n_win = (step - 1) % cfg.log_every + 1
+                        history.append(self._row("step", epoch, step, t0,
+                                                 {k: v / n_win for k, v in window.items()}))
+                        window = {}
+                    bar.update()
+                    bar.set_postfix(loss=f"{terms['loss']:.4g}", epoch=epoch)
+                row = {f"train_{k}": v / self.steps_per_epoch for k, v in sums.items()}
+                if self.evaluator is not None or self.on_debug is not None:
+                    model = self.sync_model()
+                    if self.evaluator is not None:
+                        row |= {f"val_{k}": v for k, v in self.evaluator(model).items()}
+                    last = epoch == cfg.epochs - 1
+                    if self.on_debug is not None and ((epoch + 1) % cfg.debug_every_epochs == 0
+                                                      or last):
+                        self.on_debug(model, epoch, step)
+                history.append(self._row("epoch", epoch, step, t0, row))
+                self.save_checkpoint(epoch, step, history)
+                self._write_csv(history)
+                log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, _short(row))
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(epoch)
+        finally:
+            bar.close()
+        return TrainResult(self.sync_model(), cfg.epochs - start_epoch, step, history)
+
+    def _diverged_message(self, epoch: int, step: int, terms: dict[str, float]) -> str:
+        latest = self.latest_checkpoint()
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in sorted(terms.items()))
+        where = f"; last good checkpoint: {latest}" if latest else "; no checkpoint was written yet"
+        return f"non-finite loss at step {step} (epoch {epoch}): {shown}{where}"
+
+    def _row(self, kind: str, epoch: int, step: int, t0: float, values: dict) -> dict[str, Any]:
+        lr = float(self._lr(step))
+        return {"kind": kind, "epoch": epoch, "step": step, "lr": lr,
+                "time_s": round(time.perf_counter() - t0, 3), **values}
+
+    def _lr(self, step: int) -> float:
+        warmup = min(self.cfg.warmup_steps, max(self.total_steps - 1, 0))
+        sched = optax.warmup_cosine_decay_schedule(
+            0.0 if warmup else self.cfg.lr, self.cfg.lr, warmup,
+            max(self.total_steps, warmup + 1), 0.05 * self.cfg.lr)
+        return sched(step)
+
+    def _write_csv(self, history: list[dict]) -> None:
+        columns: list[str] = ["kind", "epoch", "step", "lr", "time_s"]
+        for row in history:
+            columns += [c for c in row if c not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+        with _atomic_file(self.out_dir / "metrics.csv") as tmp:
+            tmp.write_text(buf.getvalue())
+
+
+def _short(row: dict[str, Any]) -> str:
+    keys = [k for k in row if k.startswith("val_")][:6] or list(row)[:6]
+    return json.dumps({k: round(row[k], 4) for k in keys if isinstance(row[k], float)})

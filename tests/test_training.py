@@ -1,0 +1,201 @@
+"""The network, the training engine and both training modes on tiny data."""
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from flax import nnx
+
+from simuq_core.config import Params, parse_params
+from simuq_core.dataset import write_dataset
+from simuq_core.experiment import apply_gt_norm, load_model, run_training
+from simuq_core.objectives import selfsup_objective
+from simuq_core.reconstruction import build_model, predict
+from simuq_core.training import Trainer, TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(**sections) -> Params:
+    raw = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    for name, values in sections.items():
+        raw[name] = {**raw[name], **values}
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "sim"
+    write_dataset(tiny_params().simulate, root, progress=False)
+    return root
+
+
+def _trainer(params: Params, x: np.ndarray, out: Path, devices=None, **kw) -> Trainer:
+    model = build_model(params.model, params.uq, 9, params.train_selfsup.seed)
+    prior = np.full((model.psf_size,) * 2, 1.0 / model.psf_size**2)
+    return Trainer(model, selfsup_objective(params.uq, params.train_selfsup, prior),
+                   params.train_selfsup, {"x": x}, out, devices=devices, progress=False, **kw)
+
+
+def _x(n=4, seed=0):
+    return np.random.default_rng(seed).random((n, 9, 16, 16)).astype(np.float32)
+
+
+# -- network ---------------------------------------------------------------------------------
+
+
+def test_network_outputs_obey_their_constraints():
+    p = tiny_params()
+    model = build_model(p.model, p.uq, 9, 0)
+    out = predict(model, jax.numpy.asarray(_x(2)), p.uq)
+    assert out["emitter"].shape == (2, 32, 32) and float(out["emitter"].min()) >= 0
+    np.testing.assert_allclose(np.asarray(out["light_pattern"]).mean(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["psf"]).sum(axis=(1, 2)), 1.0, atol=1e-5)
+    assert out["rec"].shape == out["var_rec"].shape == (2, 9, 16, 16)
+    assert float(out["var_rec"].min()) >= p.uq.var_floor
+    # Heads start at uq.logvar_init (their last layer has tiny weights and that bias).
+    bounded = np.log(np.asarray(out["emitter_var"]))
+    assert np.abs(bounded - p.uq.logvar_init).max() < 0.1
+    # Log-variances come from decoder features (width channels), not from the output values.
+    assert model.emitter_logvar_head.conv.in_features == p.model.width
+
+
+@pytest.mark.parametrize("targets", [[], ["emitter"], ["lp", "psf"]])
+def test_disabled_targets_have_no_head_and_no_output(targets):
+    p = tiny_params(uq={"targets": targets})
+    model = build_model(p.model, p.uq, 9, 0)
+    out = predict(model, jax.numpy.asarray(_x(1)), p.uq)
+    for comp, key in (("emitter", "emitter_var"), ("lp", "lp_var"), ("psf", "psf_var")):
+        assert (key in out) == (comp in targets)
+        assert (getattr(model, f"{comp}_logvar_head") is not None) == (comp in targets)
+
+
+def test_gt_norm_modes():
+    rng = np.random.default_rng(0)
+    em, lp = rng.random((2, 8, 8)) * 3 + 1, rng.random((2, 9, 8, 8)) + 0.5
+    e0, l0 = apply_gt_norm(em, lp, "none")
+    assert e0 is em and l0 is lp
+    e1, l1 = apply_gt_norm(em, lp, "minmax")
+    assert e1.min() == 0 and e1.max() == pytest.approx(1) and l1 is lp
+    _, l2 = apply_gt_norm(em, lp, "minmax_full")
+    assert l2.min() == 0 and l2.max() == pytest.approx(1)
+    _, l3 = apply_gt_norm(em, lp, "minmax_per_channel")
+    np.testing.assert_allclose(l3.max(axis=(2, 3)), 1.0)
+
+
+# -- engine ----------------------------------------------------------------------------------
+
+
+def test_two_devices_give_the_same_loss_and_gradients_as_one(tmp_path):
+    if len(jax.devices()) < 2:
+        pytest.skip("needs 2 (simulated) devices; conftest sets XLA_FLAGS")
+    p = tiny_params(train_selfsup={"batch_size": 4})
+    x = _x(4)
+    one = _trainer(p, x, tmp_path / "a", devices=jax.devices()[:1])
+    two = _trainer(p, x, tmp_path / "b", devices=jax.devices()[:2])
+    assert two.mesh.devices.size == 2 and one.mesh.devices.size == 1
+    l1, t1, g1 = one.loss_and_grads({"x": x})
+    l2, t2, g2 = two.loss_and_grads({"x": x})
+    assert float(l1) == pytest.approx(float(l2), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-7)
+
+
+def _params_of(trainer: Trainer) -> list[np.ndarray]:
+    return [np.asarray(v) for v in jax.tree.leaves(jax.device_get(trainer.params))]
+
+
+def test_training_is_deterministic_and_resume_matches_an_uninterrupted_run(tmp_path):
+    p = tiny_params(train_selfsup={"epochs": 3, "batch_size": 2, "keep_checkpoints": 2})
+    x = _x(4)
+    a = _trainer(p, x, tmp_path / "a")
+    a.fit()
+    b = _trainer(p, x, tmp_path / "b")
+    b.fit()
+    for u, v in zip(_params_of(a), _params_of(b), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+    def interrupt(epoch):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    c = _trainer(p, x, tmp_path / "c", on_epoch_end=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        c.fit()
+    assert [f.name for f in sorted((tmp_path / "c" / "checkpoints").glob("*.npz"))] == [
+        "ckpt_epoch_0000.npz"]
+    resumed = _trainer(tiny_params(train_selfsup={**p.train_selfsup.model_dump(), "resume": True}),
+                       x, tmp_path / "c")
+    result = resumed.fit()
+    assert result.epochs_run == 2 and result.steps == 6
+    for u, v in zip(_params_of(a), _params_of(resumed), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+    # Only the last `keep_checkpoints` survive; metrics.csv holds the whole history.
+    kept = sorted(f.name for f in (tmp_path / "c" / "checkpoints").glob("*.npz"))
+    assert kept == ["ckpt_epoch_0001.npz", "ckpt_epoch_0002.npz"]
+    rows = list(csv.DictReader((tmp_path / "c" / "metrics.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows if r["kind"] == "epoch"] == [0, 1, 2]
+    assert [int(r["step"]) for r in rows if r["kind"] == "step"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_non_finite_loss_stops_naming_step_and_terms_and_keeps_checkpoint(tmp_path):
+    p = tiny_params(train_selfsup={"epochs": 2, "batch_size": 2})
+    x = _x(4)
+    good = _trainer(p, x, tmp_path / "m", on_epoch_end=lambda e: (_ for _ in ()).throw(
+        KeyboardInterrupt) if e == 0 else None)
+    with pytest.raises(KeyboardInterrupt):
+        good.fit()
+    ckpt = tmp_path / "m" / "checkpoints" / "ckpt_epoch_0000.npz"
+    before = ckpt.read_bytes()
+    bad_x = x.copy()
+    bad_x[:, 0, 0, 0] = np.nan
+    resumed = _trainer(tiny_params(train_selfsup={**p.train_selfsup.model_dump(), "resume": True}),
+                       bad_x, tmp_path / "m")
+    with pytest.raises(TrainingDiverged) as info:
+        resumed.fit()
+    msg = str(info.value)
+    assert "non-finite loss at step 2 (epoch 1)" in msg
+    assert "rec_nll=nan" in msg and "loss=nan" in msg and str(ckpt) in msg
+    assert ckpt.read_bytes() == before
+
+
+# -- both modes end to end -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["selfsup", "sup"])
+def test_run_training_writes_model_metrics_and_debug_samples(tiny_data, tmp_path, mode):
+    p = tiny_params()
+    out = tmp_path / mode
+    metrics = run_training(mode, p, tiny_data, out, progress=False)
+    for key in ("rec_zms", "rec_coverage_95", "noise_corr", "emitter_psnr", "widefield_psnr",
+                "psnr_gain", "emitter_std_p95_over_mean"):
+        assert np.isfinite(metrics[key]), key
+    if mode == "sup":
+        for key in ("emitter_zms", "lp_zms", "emitter_calib_ratio", "lp_calib_ratio",
+                    "emitter_corr", "lp_corr", "emitter_coverage_95"):
+            assert np.isfinite(metrics[key]), key
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    wanted = ["kind", "epoch", "step", "loss", "rec_nll", "rec_mse", "rec_mae",
+              "rec_std_mean", "emitter_std_mean", "lp_std_mean", "psf_std_mean"]
+    if mode == "selfsup":
+        wanted += ["psnr"]
+    else:
+        wanted += ["val_emitter_calib_ratio", "val_lp_calib_ratio", "val_emitter_corr",
+                   "val_lp_corr", "val_emitter_zms"]
+    assert not set(wanted) - set(header), set(wanted) - set(header)
+    debug = sorted((out / "debug_samples").iterdir())
+    assert [d.name for d in debug] == ["epoch_000_step_0000002", "epoch_001_step_0000004"]
+    with np.load(debug[-1] / "uq_uncertainty.npz") as npz:
+        for key in ("rec_std", "deconv_std", "emitter_std", "emitter_logvar", "lp_std", "psf_std"):
+            assert key in npz.files, key
+        assert npz["rec_std"].shape == (2, 9, 16, 16)
+    summary = json.loads((debug[-1] / "uq_summary.json").read_text())
+    assert set(summary["emitter_std"]) == {"mean", "p95"}
+    # The saved model reloads and predicts exactly what the trained one did.
+    model, spec = load_model(out)
+    assert spec["mode"] == mode and spec["psf_size"] == model.psf_size
+    assert isinstance(model, nnx.Module)
