@@ -21,7 +21,10 @@ __all__ = [
     "Params",
     "ParamsError",
     "PsfParams",
+    "CalibrateParams",
+    "ExportDebugParams",
     "ModelParams",
+    "PredictParams",
     "OpticsPrior",
     "SimulateParams",
     "TrainParams",
@@ -257,6 +260,40 @@ class TrainParams(_Strict):
     )
 
 
+class ExportDebugParams(_Strict):
+    """The ``export_debug`` stage: debug artifacts of a few fixed test samples."""
+
+    seed: int = Field(0, ge=0, description="seeds the choice of test samples")
+    n_samples: int = Field(4, ge=1, le=256)
+
+
+class CalibrateParams(_Strict):
+    """The ``calibrate`` stage: the metric suite, curves and recalibration on the test split."""
+
+    n_bins: int = Field(15, ge=2, le=200, description="calibration-curve / ENCE bins")
+    binning: Literal["equal_count", "log"] = "equal_count"
+    min_count: int = Field(30, ge=1, description="minimum pixels per bin")
+    n_bootstrap: int = Field(200, ge=10, le=10000)
+    pit_bins: int = Field(20, ge=2, le=200)
+    seed: int = Field(0, ge=0)
+
+
+class PredictParams(_Strict):
+    """The ``predict`` stage / command: a trained model on any 9-frame stacks."""
+
+    tile: int | None = Field(
+        None, ge=8, description="tile size in camera pixels; null = the training crop size"
+    )
+    overlap: int = Field(8, ge=0, description="overlap between tiles in camera pixels")
+    batch_size: int = Field(8, ge=1, le=1024, description="tiles per forward pass")
+    norm_percentile: float = Field(
+        99.9, gt=50.0, le=100.0, description="scale = this percentile of (raw - offset)"
+    )
+    norm_offset: float | None = Field(
+        None, description="camera offset subtracted first; null = read from metadata or 0"
+    )
+
+
 class Params(_Strict):
     """The whole ``params.yaml``: one section per stage, plus the shared sections."""
 
@@ -265,6 +302,9 @@ class Params(_Strict):
     model: ModelParams = ModelParams()
     train_selfsup: TrainParams = TrainParams()
     train_sup: TrainParams = TrainParams()
+    export_debug: ExportDebugParams = ExportDebugParams()
+    calibrate: CalibrateParams = CalibrateParams()
+    predict: PredictParams = PredictParams()
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -13,9 +13,9 @@ Shapes (``r`` = HR pixels per LR pixel, ``Hh = r·H``):
 - rec and every propagated variance ``(B, F, H, W)``; ``deconv = S = e · l`` ``(B, F, Hh, Wh)``.
 
 Model assumptions: emitter pixels, light-pattern pixels and PSF taps are mutually independent
-Gaussians-or-not (only first and second moments are used, so the rules below are exact for any
-distribution); the PSF is *one* random kernel shared by every pixel and frame of a sample, so its
-errors are coherent across pixels. Correlated latent errors (smooth CNN errors) break every
+(of any distribution: only first and second moments enter, and the rules below are exact); the
+PSF is *one* random kernel shared by every pixel and frame of a sample, so its errors are coherent
+across pixels. Correlated latent errors (smooth CNN errors) break every
 diagonal model, this one included (DESIGN.md §5): it is validated against Monte Carlo for the model
 it states, not for the network's real error structure.
 
