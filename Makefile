@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv repro test test-fast bench lint clean-venv
+.PHONY: venv repro test test-fast bench lint clean-venv ui compare
 
 venv: $(STAMP)
 
@@ -32,3 +32,13 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The MLflow UI over the project's embedded store (loopback only, one worker).
+MLFLOW_PORT ?= 5000
+ui: $(STAMP)
+	@echo "MLflow UI: open http://127.0.0.1:$(MLFLOW_PORT) (Ctrl-C to stop)"
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" \
+		--default-artifact-root "$(CURDIR)/mlruns" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
+compare: $(STAMP)
+	$(BIN)/python -m stages.compare

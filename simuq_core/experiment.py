@@ -102,6 +102,7 @@ def run_training(
     progress: bool = True,
     devices: list | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> dict[str, float]:
     """Train one model (``selfsup`` or ``sup``), save it, and return its test-split metrics."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -132,7 +133,7 @@ def run_training(
 
     trainer = Trainer(model, objective, cfg, _arrays(train, factor, cfg.gt_norm, with_gt=sup),
                       out_dir, evaluator=evaluator, on_debug=on_debug, on_epoch_end=on_epoch_end,
-                      devices=devices, progress=progress)
+                      on_rows=on_rows, devices=devices, progress=progress)
     result = trainer.fit()
     manifest = read_json(data_dir / "dataset.json")
     spec = model_spec(model_cfg, uq, n_frames) | {

@@ -98,6 +98,9 @@ def predict(model: SIMNet, x: jax.Array, uq: UQParams) -> dict[str, jax.Array]:
     if model.obs_noise_raw is not None:
         raw = model.obs_noise_raw[...]
         obs_params = ObsNoiseParams(raw[0], raw[1])
+    obs_map = var("obs_logvar")[:, None] if "obs_logvar" in out else None
+    obs_mode = "none" if obs_params is None else (
+        "poisson_gaussian_map" if obs_map is not None else "poisson_gaussian")
     prop = propagate_rec_variance(
         out["emitter"], out["light_pattern"], out["psf"], model.rescale,
         var_emitter=out.get("emitter_var"),
@@ -105,18 +108,13 @@ def predict(model: SIMNet, x: jax.Array, uq: UQParams) -> dict[str, jax.Array]:
         var_psf=out.get("psf_var"),
         psf_var_weight=uq.psf_var_weight,
         pool_var=uq.pool_var,
-        obs_noise="none" if obs_params is None else "poisson_gaussian",
+        obs_noise=obs_mode,
         obs_noise_params=obs_params,
+        obs_var_map=obs_map,
         var_floor=uq.var_floor,
         background=out.get("background"),
         detach_mean_in_var=uq.detach_mean_in_var,
     )
-    var_obs = prop.var_obs
-    var_rec = prop.var_rec
-    if "obs_logvar" in out:
-        obs_map = var("obs_logvar")[:, None]
-        var_obs = var_obs + obs_map
-        var_rec = var_rec + obs_map
-    out.update(rec=prop.rec, var_rec=var_rec, var_latent=prop.var_latent,
-               var_obs=jnp.broadcast_to(var_obs, prop.rec.shape), var_deconv=prop.var_deconv)
+    out.update(rec=prop.rec, var_rec=prop.var_rec, var_latent=prop.var_latent,
+               var_obs=jnp.broadcast_to(prop.var_obs, prop.rec.shape), var_deconv=prop.var_deconv)
     return out

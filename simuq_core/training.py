@@ -145,6 +145,8 @@ class Trainer:
     on_debug : optional ``(model, epoch, step) -> None`` every ``debug_every_epochs``.
     on_epoch_end : optional ``(epoch) -> None`` after the epoch's checkpoint (tests use it to
         interrupt a run).
+    on_rows : optional ``(rows) -> None`` after every epoch with the ``metrics.csv`` rows added
+        since the previous call (experiment tracking).
     devices : devices of the data-parallel mesh (default: all local devices that divide the batch).
     """
 
@@ -158,6 +160,7 @@ class Trainer:
         evaluator: Evaluator | None = None,
         on_debug: Callable[[nnx.Module, int, int], None] | None = None,
         on_epoch_end: Callable[[int], None] | None = None,
+        on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
         devices: list | None = None,
         progress: bool = True,
     ):
@@ -173,6 +176,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.evaluator, self.on_debug, self.on_epoch_end = evaluator, on_debug, on_epoch_end
+        self.on_rows = on_rows
         self.progress = progress
         devices = devices or jax.local_devices()
         n_dev = max(d for d in range(1, len(devices) + 1) if cfg.batch_size % d == 0)
@@ -281,6 +285,7 @@ class Trainer:
                 old.unlink()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._write_csv(history)
+        n_reported = len(history)
         bar = tqdm(total=self.total_steps, initial=step, desc="train", unit="step",
                    disable=not self.progress or None)
         t0 = time.perf_counter()
@@ -322,6 +327,9 @@ class Trainer:
                 history.append(self._row("epoch", epoch, step, t0, row))
                 self.save_checkpoint(epoch, step, history)
                 self._write_csv(history)
+                if self.on_rows is not None:
+                    self.on_rows(history[n_reported:])
+                n_reported = len(history)
                 log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, _short(row))
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(epoch)
