@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import special
@@ -30,8 +31,10 @@ __all__ = [
     "PatternParams",
     "airy_psf",
     "block_mean",
+    "box_mean_full",
     "default_psf_size",
     "fft_convolve",
+    "fft_convolve_sum",
     "forward_model",
     "gaussian_psf",
     "illumination_patterns",
@@ -209,6 +212,15 @@ def _fft_size(n: int) -> int:
         m += 1
 
 
+def _align_ranks(a: jnp.ndarray, b: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Prepend unit axes to the lower-rank array (explicit under rank_promotion="raise")."""
+    if a.ndim < b.ndim:
+        a = a.reshape((1,) * (b.ndim - a.ndim) + a.shape)
+    elif b.ndim < a.ndim:
+        b = b.reshape((1,) * (a.ndim - b.ndim) + b.shape)
+    return a, b
+
+
 def fft_convolve(x: jnp.ndarray, kernel: jnp.ndarray, mode: str = "same") -> jnp.ndarray:
     """Linear (zero-padded) 2-D true convolution over the last two axes, via real FFTs.
 
@@ -221,11 +233,7 @@ def fft_convolve(x: jnp.ndarray, kernel: jnp.ndarray, mode: str = "same") -> jnp
     """
     h, w = x.shape[-2:]
     k1, k2 = kernel.shape[-2:]
-    # Explicit rank alignment (leading axes broadcast; works under rank_promotion="raise").
-    if kernel.ndim < x.ndim:
-        kernel = kernel.reshape((1,) * (x.ndim - kernel.ndim) + kernel.shape)
-    elif x.ndim < kernel.ndim:
-        x = x.reshape((1,) * (kernel.ndim - x.ndim) + x.shape)
+    x, kernel = _align_ranks(x, kernel)
     full_h, full_w = h + k1 - 1, w + k2 - 1
     fh, fw = _fft_size(full_h), _fft_size(full_w)
     spec = jnp.fft.rfft2(x, s=(fh, fw)) * jnp.fft.rfft2(kernel, s=(fh, fw))
@@ -235,6 +243,45 @@ def fft_convolve(x: jnp.ndarray, kernel: jnp.ndarray, mode: str = "same") -> jnp
     if mode == "same":
         return full[..., k1 // 2 : k1 // 2 + h, k2 // 2 : k2 // 2 + w]
     raise ValueError(f"mode must be 'full' or 'same', got {mode!r}")
+
+
+def fft_convolve_sum(pairs: list[tuple[jnp.ndarray, jnp.ndarray]]) -> jnp.ndarray:
+    """``sum_i conv_full(x_i, k_i)`` with one inverse FFT (spectra add linearly).
+
+    Every pair must give the same "full" size ``H_i + K1_i − 1`` (and along ``W``); leading axes
+    broadcast as in :func:`fft_convolve`. Used by the exact variance path, whose terms share the
+    output grid of the mean path.
+    """
+    sizes = {(x.shape[-2] + k.shape[-2] - 1, x.shape[-1] + k.shape[-1] - 1) for x, k in pairs}
+    if len(sizes) != 1:
+        raise ValueError(f"fft_convolve_sum needs equal full sizes, got {sorted(sizes)}")
+    full_h, full_w = sizes.pop()
+    fh, fw = _fft_size(full_h), _fft_size(full_w)
+    spec = None
+    for x, kernel in pairs:
+        x, kernel = _align_ranks(x, kernel)
+        term = jnp.fft.rfft2(x, s=(fh, fw)) * jnp.fft.rfft2(kernel, s=(fh, fw))
+        if spec is not None and term.ndim != spec.ndim:
+            rank = max(term.ndim, spec.ndim)
+            term = term.reshape((1,) * (rank - term.ndim) + term.shape)
+            spec = spec.reshape((1,) * (rank - spec.ndim) + spec.shape)
+        spec = term if spec is None else spec + term
+    return jnp.fft.irfft2(spec, s=(fh, fw))[..., :full_h, :full_w]
+
+
+def box_mean_full(x: jnp.ndarray, r: int) -> jnp.ndarray:
+    """``conv_full(x, ones(r, r)) / r²`` by a running window sum (no FFT).
+
+    ``(..., Hh, Wh) -> (..., Hh + r − 1, Wh + r − 1)``.
+    """
+    if r == 1:
+        return x
+    lead = (1,) * (x.ndim - 2)
+    pad = [(0, 0)] * (x.ndim - 2) + [(r - 1, r - 1), (r - 1, r - 1)]
+    summed = jnp.pad(x, pad)
+    for window in (lead + (r, 1), lead + (1, r)):  # separable: 2r adds per pixel, not r²
+        summed = jax.lax.reduce_window(summed, 0.0, jax.lax.add, window, (1,) * x.ndim, "VALID")
+    return summed / (r * r)
 
 
 def block_mean(x: jnp.ndarray, r: int) -> jnp.ndarray:

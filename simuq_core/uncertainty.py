@@ -46,7 +46,9 @@ import numpy as np
 
 from simuq_core.physics import (
     block_mean,
+    box_mean_full,
     fft_convolve,
+    fft_convolve_sum,
     forward_model,
     merged_psf_box_kernel,
     pooled_full_convolve,
@@ -91,10 +93,39 @@ def _per_frame(kernel: jnp.ndarray) -> jnp.ndarray:
 
 def _box_mean_full(x: jnp.ndarray, r: int) -> jnp.ndarray:
     """``B(x) = conv_full(x, ones(r, r)) / r²``: ``(..., Hh, Wh) -> (..., Hh+r-1, Wh+r-1)``."""
-    if r == 1:
-        return x
-    box = jnp.full((r, r), 1.0 / (r * r), dtype=x.dtype)
-    return fft_convolve(x, box, "full")
+    return box_mean_full(x, r)
+
+
+def _exact_latent_variance(
+    mean_deconv: jnp.ndarray,
+    var_deconv: jnp.ndarray | None,
+    psf: jnp.ndarray,
+    var_psf: jnp.ndarray | None,
+    r: int,
+    psf_var_weight: float | jnp.ndarray,
+) -> jnp.ndarray:
+    """:func:`pooled_latent_variance` + ``psf_var_weight`` · :func:`psf_uncertainty_variance`
+    (``pool_var="exact"``) in one pass: the same maps, computed with fewer FFTs.
+
+    Both PSF terms are linear in ``Var p``, so they merge into one convolution,
+    ``conv_full(B(μS)² + B(Var S)/r², Var p)``; that map and ``conv_full(Var S, G²)`` have the same
+    full size ``Hh + K + r − 2`` and are sampled at the same LR offsets, so their spectra are
+    summed before a single inverse FFT (:func:`simuq_core.physics.fft_convolve_sum`).
+    """
+    k = psf.shape[-1]
+    h, w = mean_deconv.shape[-2] // r, mean_deconv.shape[-1] // r
+    pairs = []
+    if var_deconv is not None:
+        g = merged_psf_box_kernel(psf, r)
+        pairs.append((var_deconv, _per_frame(g**2)))
+    if var_psf is not None:
+        source = _box_mean_full(mean_deconv, r) ** 2
+        if var_deconv is not None:
+            source = source + _box_mean_full(var_deconv, r) / (r * r)
+        pairs.append((source, _per_frame(psf_var_weight * var_psf)))
+    if not pairs:
+        return jnp.zeros(mean_deconv.shape[:-2] + (h, w), mean_deconv.dtype)
+    return _sample_lr(fft_convolve_sum(pairs), r, k, h, w)
 
 
 def _sample_lr(full: jnp.ndarray, r: int, psf_size: int, h: int, w: int) -> jnp.ndarray:
@@ -344,12 +375,17 @@ def propagate_rec_variance(
     mean_deconv = mu_e[:, None] * mu_l
 
     var_deconv = product_variance(mu_e, mu_l, var_emitter, var_light_pattern)
-    var_latent = jnp.zeros_like(rec)
-    if var_deconv is not None:
-        var_latent = var_latent + pooled_latent_variance(var_deconv, mu_p, r, pool_var)
-    if var_psf is not None and not _is_static_zero(psf_var_weight):
-        v_p = psf_uncertainty_variance(mean_deconv, var_deconv, var_psf, r, pool_var)
-        var_latent = var_latent + psf_var_weight * v_p
+    use_psf = var_psf is not None and not _is_static_zero(psf_var_weight)
+    if pool_var == "exact":
+        var_latent = _exact_latent_variance(mean_deconv, var_deconv, mu_p,
+                                            var_psf if use_psf else None, r, psf_var_weight)
+    else:
+        var_latent = jnp.zeros_like(rec)
+        if var_deconv is not None:
+            var_latent = var_latent + pooled_latent_variance(var_deconv, mu_p, r, pool_var)
+        if use_psf:
+            v_p = psf_uncertainty_variance(mean_deconv, var_deconv, var_psf, r, pool_var)
+            var_latent = var_latent + psf_var_weight * v_p
     var_latent = jnp.maximum(var_latent, 0.0)
 
     var_obs = observation_variance(mu_rec, obs_noise, obs_noise_params, obs_var_map)

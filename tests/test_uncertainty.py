@@ -484,3 +484,31 @@ def test_mc_rejects_a_chunk_that_does_not_divide():
     with pytest.raises(ValueError, match="divide"):
         uq.mc_propagate_rec_variance(jax.random.key(0), e, lp, jnp.ones((1, 1, 1)), 1,
                                      var_emitter=var_e, n_samples=10, chunk_size=3)
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_one_pass_exact_variance_equals_the_term_by_term_rules(r):
+    """propagate_rec_variance's fused exact path (shared inverse FFT, merged PSF terms) equals
+    pooled_latent_variance + psf_uncertainty_variance evaluated separately."""
+    from simuq_core.uncertainty import (
+        pooled_latent_variance,
+        product_variance,
+        propagate_rec_variance,
+        psf_uncertainty_variance,
+    )
+
+    rng = np.random.default_rng(3)
+    b, f, h, w, k = 2, 3, 5, 6, 7
+    e = jnp.asarray(rng.random((b, h * r, w * r)), jnp.float32)
+    lp = jnp.asarray(rng.random((b, f, h * r, w * r)) + 0.5, jnp.float32)
+    p = rng.random((b, k, k)) ** 2
+    p = jnp.asarray(p / p.sum(axis=(1, 2), keepdims=True), jnp.float32)
+    ve = jnp.asarray(0.1 * rng.random((b, h * r, w * r)), jnp.float32)
+    vl = jnp.asarray(0.05 * rng.random((b, f, h * r, w * r)), jnp.float32)
+    vp = jnp.asarray(0.2 * np.asarray(p) ** 2 * rng.random((b, k, k)), jnp.float32)
+    fused = propagate_rec_variance(e, lp, p, r, var_emitter=ve, var_light_pattern=vl,
+                                   var_psf=vp, psf_var_weight=0.7).var_latent
+    vs = product_variance(e, lp, ve, vl)
+    separate = (pooled_latent_variance(vs, p, r)
+                + 0.7 * psf_uncertainty_variance(e[:, None] * lp, vs, vp, r))
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(separate), rtol=2e-4, atol=1e-7)
