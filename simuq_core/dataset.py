@@ -114,6 +114,7 @@ class DatasetSplit:
     raw, clean, sigma : ``(N, F, H, W)`` float32, normalised units (``sigma`` = true noise std).
     emitter : ``(N, Hh, Wh)``; light_pattern : ``(N, F, Hh, Wh)`` (``None`` without GT).
     norm_offset, norm_scale : ``(N,)`` what was applied to each sample.
+    psf : ``(N, K, K)`` the true PSF on the data's HR grid, sums to 1 (``None`` if not stored).
     """
 
     names: list[str]
@@ -125,6 +126,7 @@ class DatasetSplit:
     light_pattern: np.ndarray | None
     norm_offset: np.ndarray
     norm_scale: np.ndarray
+    psf: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -138,7 +140,8 @@ def load_split(root: str | os.PathLike, split: str, limit: int | None = None) ->
     if not files:
         raise FileNotFoundError(f"{raw_dir}: no .tif stacks found (expected <split>/<name>.tif)")
     files = files[:limit] if limit else files
-    out: dict[str, list] = {k: [] for k in ("raw", "clean", "sigma", "mask", "em", "lp", "off", "sc")}
+    out: dict[str, list] = {k: [] for k in ("raw", "clean", "sigma", "mask", "em", "lp", "off", "sc",
+                                       "psf")}
     for f in files:
         meta_path = root / f"{split}_meta" / f"{f.stem}.npz"
         if not meta_path.exists():
@@ -148,6 +151,8 @@ def load_split(root: str | os.PathLike, split: str, limit: int | None = None) ->
             out["sigma"].append(meta["noise_sigma"] / scale)
             out["clean"].append((meta["clean"] - off) / scale)
             out["mask"].append(meta["noise_mask"])
+            if "psf" in meta.files:
+                out["psf"].append(meta["psf"])
         out["raw"].append((read_tiff(f).astype(np.float32) - off) / scale)
         out["off"].append(off)
         out["sc"].append(scale)
@@ -166,4 +171,5 @@ def load_split(root: str | os.PathLike, split: str, limit: int | None = None) ->
         light_pattern=np.stack(out["lp"]).astype(np.float32) if has_gt else None,
         norm_offset=np.asarray(out["off"]),
         norm_scale=np.asarray(out["sc"]),
+        psf=np.stack(out["psf"]).astype(np.float32) if len(out["psf"]) == len(files) else None,
     )

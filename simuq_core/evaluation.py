@@ -25,7 +25,8 @@ from simuq_core.metrics import calibration_metrics
 from simuq_core.physics import block_mean
 from simuq_core.reconstruction import predict
 
-__all__ = ["affine_fit_psnr", "evaluate", "make_predictor", "pool_gt", "widefield"]
+__all__ = ["affine_align", "affine_fit_psnr", "evaluate", "make_predictor", "pool_gt", "pool_psf",
+           "widefield"]
 
 _REC_KEYS = ("zms", "coverage_68", "coverage_95", "calib_ratio", "nll", "z_mean")
 _LATENT_KEYS = ("zms", "coverage_68", "coverage_95", "calib_ratio", "corr", "corr_ref",
@@ -56,6 +57,58 @@ def make_predictor(uq: UQParams, batch_size: int) -> Callable[[nnx.Module, np.nd
 def pool_gt(gt: np.ndarray, factor: int) -> np.ndarray:
     """Block-mean GT from the data grid to the model grid (``factor = hr_factor / rescale``)."""
     return np.asarray(block_mean(jnp.asarray(gt), factor)) if factor > 1 else gt
+
+
+def pool_psf(psf: np.ndarray, factor: int, size: int | None = None) -> np.ndarray:
+    """A PSF from the data grid on the model grid: ``(N, K, K) -> (N, size, size)``, sums to 1.
+
+    Blocks of ``factor × factor`` taps are summed (the PSF is a probability over taps), with the
+    blocks placed so that one of them is centred on the central tap (exact for odd ``factor``; an
+    even ``factor`` shifts the result by half a data pixel). The result is then centre-cropped or
+    zero-padded to ``size`` (default: as pooled) so it lines up with the model's kernel.
+    """
+    psf = np.asarray(psf, dtype=np.float64)
+    k = psf.shape[-1]
+    if factor > 1:
+        centre_block_start = (k - 1) // 2 - (factor - 1) // 2
+        left = (-centre_block_start) % factor
+        right = (-(left + k)) % factor
+        psf = np.pad(psf, [(0, 0), (left, right), (left, right)])
+        n, kp = len(psf), psf.shape[-1] // factor
+        psf = psf.reshape(n, kp, factor, kp, factor).sum(axis=(2, 4))
+    if size is not None:
+        k = psf.shape[-1]
+        if k > size:
+            lo = (k - size) // 2
+            psf = psf[:, lo:lo + size, lo:lo + size]
+        elif k < size:
+            lo = (size - k) // 2
+            psf = np.pad(psf, [(0, 0), (lo, size - k - lo), (lo, size - k - lo)])
+    return (psf / psf.sum(axis=(-2, -1), keepdims=True)).astype(np.float32)
+
+
+def affine_align(
+    pred: np.ndarray, gt: np.ndarray, var: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Per-sample least-squares ``a·pred + b ≈ gt`` (axis 0 indexes samples).
+
+    For a prediction without absolute scale (the self-supervised emitter). Returns the aligned
+    prediction ``a·pred + b``, the matching variance ``a²·var`` (``None`` without ``var``) and the
+    coefficients ``(N, 2)`` as ``[a, b]`` rows; arrays keep the input shapes.
+    """
+    n = len(pred)
+    p = np.asarray(pred, dtype=np.float64).reshape(n, -1)
+    g = np.asarray(gt, dtype=np.float64).reshape(n, -1)
+    p_mean, g_mean = p.mean(axis=1, keepdims=True), g.mean(axis=1, keepdims=True)
+    cov = ((p - p_mean) * (g - g_mean)).sum(axis=1, keepdims=True)
+    p_ss = ((p - p_mean) ** 2).sum(axis=1, keepdims=True)
+    a = np.where(p_ss > 0, cov / np.where(p_ss > 0, p_ss, 1.0), 0.0)
+    b = g_mean - a * p_mean
+    aligned = (a * p + b).reshape(np.shape(pred))
+    scaled_var = None
+    if var is not None:
+        scaled_var = (a**2 * np.asarray(var, dtype=np.float64).reshape(n, -1)).reshape(np.shape(var))
+    return aligned, scaled_var, np.concatenate([a, b], axis=1)
 
 
 def widefield(x: np.ndarray, rescale: int) -> np.ndarray:

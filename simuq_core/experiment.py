@@ -20,7 +20,7 @@ from flax import nnx
 
 from simuq_core.config import ModelParams, Params, TrainParams, UQParams, params_hash
 from simuq_core.dataset import DatasetSplit, load_split
-from simuq_core.debug import debug_dir_name, write_uncertainty_artifacts
+from simuq_core.debug import debug_dir_name, reference_from_split, write_uncertainty_artifacts
 from simuq_core.evaluation import evaluate, make_predictor, pool_gt
 from simuq_core.io import read_json, write_json
 from simuq_core.objectives import selfsup_objective, sup_objective
@@ -127,9 +127,17 @@ def run_training(
         return evaluate(pred, val.raw, val.sigma, val_arrays.get("emitter_gt"),
                         val_arrays.get("lp_gt"), model_cfg.rescale, latent=sup)
 
+    debug_ref = reference_from_split(val, np.arange(min(cfg.n_debug_samples, len(val))),
+                                     emitter=val_arrays.get("emitter_gt"),
+                                     light_pattern=val_arrays.get("lp_gt"), gt_factor=factor,
+                                     psf_size=model.psf_size)
+
     def on_debug(m: nnx.Module, epoch: int, step: int) -> None:
-        pred = predictor(m, val.raw[: cfg.n_debug_samples])
-        write_uncertainty_artifacts(pred, out_dir / "debug_samples" / debug_dir_name(epoch, step))
+        pred = predictor(m, debug_ref.x)
+        write_uncertainty_artifacts(pred, out_dir / "debug_samples" / debug_dir_name(epoch, step),
+                                    reference=debug_ref, emitter_affine_fit=not sup,
+                                    camera_pixel_nm=model_cfg.optics.lr_pixel_nm,
+                                    background=epoch + 1 < cfg.epochs)  # the last one waits
 
     trainer = Trainer(model, objective, cfg, _arrays(train, factor, cfg.gt_norm, with_gt=sup),
                       out_dir, evaluator=evaluator, on_debug=on_debug, on_epoch_end=on_epoch_end,
