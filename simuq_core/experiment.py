@@ -151,6 +151,7 @@ def run_training(
         "dataset_sha256": manifest["content_sha256"],
         "normalisation": manifest["normalisation"],
         "hr_factor": manifest["geometry"]["hr_factor"],
+        "train_crop": list(train.raw.shape[-2:]),
     }
     save_model(result.model, spec, out_dir)
 

@@ -42,6 +42,15 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
+def model_run(model_dir: str | os.PathLike, stage: str, mode: str):
+    """Re-open the MLflow run of a trained model (its id is stored beside the model)."""
+    from simuq_core.io import read_json
+    from simuq_core.tracking import open_run
+
+    spec = read_json(Path(model_dir) / "model.json")
+    return open_run(model_dir, stage=stage, mode=mode, params_hash=spec.get("params_hash", ""))
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")

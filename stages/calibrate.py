@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from simuq_core.reports import calibrate_model
-from stages._common import base_parser, load_params, setup_logging
+from stages._common import base_parser, load_params, model_run, setup_logging
 
 log = logging.getLogger("simuq.calibrate")
 
@@ -25,7 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     setup_logging()
     out = args.out or f"reports/calibration/{args.mode}"
-    result = calibrate_model(args.model or f"models/{args.mode}", args.data, out, params.calibrate)
+    model_dir = args.model or f"models/{args.mode}"
+    with model_run(model_dir, "calibrate", args.mode) as tracker:
+        result = calibrate_model(model_dir, args.data, out, params.calibrate)
+        tracker.log_metrics({f"calib_{k}": v for k, v in result["test"].items()})
+        tracker.log_metrics({f"calib_recal_{k}": v for k, v in result["recalibrated"].items()})
+        tracker.log_artifact(out, "calibration")
     shown = {k: round(v, 4) for k, v in result["test"].items() if k.endswith(("_zms", "_calib_ratio"))}
     log.info("wrote %s: %s", out, shown)
 

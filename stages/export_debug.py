@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from simuq_core.reports import export_debug
-from stages._common import base_parser, load_params, setup_logging
+from stages._common import base_parser, load_params, model_run, setup_logging
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,8 +21,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     setup_logging()
-    export_debug(args.model or f"models/{args.mode}", args.data,
-                 args.out or f"reports/debug/{args.mode}", params.export_debug)
+    model_dir = args.model or f"models/{args.mode}"
+    out = Path(args.out or f"reports/debug/{args.mode}")
+    with model_run(model_dir, "export_debug", args.mode) as tracker:
+        export_debug(model_dir, args.data, out, params.export_debug)
+        for path in sorted(out.glob("*.png")) + [out / "uq_summary.json"]:
+            tracker.log_artifact(path, "debug")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,589 @@
+"""Reconstruct users' raw SIM stacks with a trained model: read, validate, normalise, tile, write.
+
+One input is processed as follows:
+
+1. **Read** the TIFF (:func:`read_stack`): ``(9, H, W)``, ``(9, 1, H, W)`` or ``(1, 9, H, W)``,
+   uint16 or float, frames angle-major (``frame = 3·angle + phase``); unreadable files and bad
+   layouts are :class:`~simuq_core.validation.InputError` naming the file.
+2. **Validate** (:mod:`simuq_core.validation`): NaN / Inf, empty or constant frames are errors;
+   saturation, a suspicious offset, a pixel size far from the model's and a failed frame-order
+   check are warnings (kept in the summary).
+3. **Normalise** exactly as the training data: ``x = (raw − offset) / scale`` with ``scale`` the
+   ``norm_percentile`` percentile of ``raw − offset`` over the whole stack
+   (:func:`simuq_core.simulation.normalisation_scale`). The camera offset comes from, in order:
+   the caller (``--norm-offset`` / ``predict.norm_offset``), the TIFF's metadata (ImageJ or JSON
+   keys ``norm_offset``, ``camera_offset``, ``offset_adu``, ``offset``), the simuq dataset
+   side-car ``<split>_meta/<name>.npz`` of a simulated stack, else 0 (with a warning).
+4. **Predict** in overlapping tiles (:mod:`simuq_core.tiling`: raised-cosine blending of means,
+   weighted mean of variances), batches of tiles capped by the memory available on the device
+   (GPU when JAX has one, else CPU). The network's input-global parts (GroupNorm statistics,
+   the per-sample PSF heads) are computed once for the whole image and shared by every tile
+   (:mod:`simuq_core.image_context`), so tiles agree with each other and with an untiled
+   prediction away from their edges.
+5. **Write** one folder per input (atomically: it appears complete or not at all).
+
+Output layout (``<name>`` = the input's file stem; a repeated stem gets ``-2``, ``-3`` …)::
+
+    <out>/<name>/emitter.tif      (Hh, Wh)     YX   emitter mean, model grid (Hh = rescale·H)
+    <out>/<name>/emitter_std.tif  (Hh, Wh)     YX   its std             [uq target "emitter"]
+    <out>/<name>/lp.tif           (F, Hh, Wh)  ZYX  light pattern mean (Z = frame, mean 1)
+    <out>/<name>/lp_std.tif       (F, Hh, Wh)  ZYX  its std             [uq target "lp"]
+    <out>/<name>/rec.tif          (F, H, W)    ZYX  reconstructed raw frames, camera grid
+    <out>/<name>/rec_std.tif      (F, H, W)    ZYX  sqrt(Var rec): latent + camera noise
+    <out>/<name>/deconv_std.tif   (F, Hh, Wh)  ZYX  std of S = emitter · lp (before the PSF)
+                                                    [uq target "emitter" or "lp"]
+    <out>/<name>/psf.tif          (K, K)       YX   PSF of the image (model grid; with per-tile
+                                                    context: the tile-weighted average)
+    <out>/<name>/psf_std.tif      (K, K)       YX   its std             [uq target "psf"]
+    <out>/<name>/summary.json     input, layout, normalisation, model, tiling, pattern estimate,
+                                  warnings, per-map file / axes / shape / mean / p95
+    <out>/report.json             every input: ok or failed (with the reason), warnings
+
+Every TIFF is float32 ImageJ (Fiji) with the pixel size set (camera grid: the input's pixel size
+when it records one, else the model's ``optics.lr_pixel_nm``; model grid: that / ``rescale``),
+and ImageJ metadata: ``simuq`` (one-line JSON: map, axes, grid, units, model dir / mode /
+``params_hash``, normalisation), ``norm_offset``, ``norm_scale``, and a readable ``Info`` text
+(Fiji: Image ▸ Show Info). All maps are in the model's normalised units: raw-frame values
+(``rec``, ``rec_std``) convert back to ADU as ``value · norm_scale (+ norm_offset for means)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tifffile
+from flax import nnx
+from tqdm.auto import tqdm
+
+from simuq_core.config import PredictParams, UQParams
+from simuq_core.image_context import (
+    FROZEN,
+    PER_INPUT,
+    POOLED,
+    get_path,
+    set_mode,
+    with_context_layers,
+)
+from simuq_core.io import atomic_directory, write_json, write_tiff
+from simuq_core.reconstruction import predict
+from simuq_core.simulation import normalisation_scale
+from simuq_core.tiling import Blender, TileGrid, extract_tiles, make_grid, pad_image, tile_window
+from simuq_core.validation import InputError, check_values, frame_order_warnings, to_frame_stack
+
+__all__ = [
+    "DEFAULT_TILE",
+    "FileResult",
+    "Normalisation",
+    "PredictReport",
+    "StackInfo",
+    "TiledPredictor",
+    "find_inputs",
+    "normalise",
+    "predict_file",
+    "predict_files",
+    "read_stack",
+    "resolve_offset",
+    "resolve_tile",
+]
+
+log = logging.getLogger("simuq.predict")
+
+DEFAULT_TILE = 32
+NORMALISATION_RULE = "x = (raw - norm_offset) / norm_scale; norm_scale = percentile(raw - norm_offset)"
+_OFFSET_KEYS = ("norm_offset", "camera_offset", "offset_adu", "offset")
+# Fraction of the free device memory one batch of tiles may use (the rest: weights, XLA buffers).
+_MEMORY_FRACTION = 0.5
+_PIXEL_SIZE_TOLERANCE = 0.1
+
+# name -> (prediction key, variance?, grid: "model" | "camera" | "psf", ImageJ axes, description)
+_MAPS: dict[str, tuple[str, bool, str, str, str]] = {
+    "emitter": ("emitter", False, "model", "YX", "emitter mean (relative density)"),
+    "emitter_std": ("emitter_var", True, "model", "YX", "emitter std"),
+    "lp": ("light_pattern", False, "model", "ZYX", "light pattern mean (Z = frame; mean 1)"),
+    "lp_std": ("lp_var", True, "model", "ZYX", "light pattern std (Z = frame)"),
+    "rec": ("rec", False, "camera", "ZYX", "reconstructed raw frames (normalised units)"),
+    "rec_std": ("var_rec", True, "camera", "ZYX", "std of the reconstructed frames (latent + noise)"),
+    "deconv_std": ("var_deconv", True, "model", "ZYX", "std of S = emitter * lp, before the PSF"),
+    "psf": ("psf", False, "psf", "YX", "PSF of the image (model grid)"),
+    "psf_std": ("psf_var", True, "psf", "YX", "PSF std"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and normalisation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """What the file says about itself: dtype, pixel size (nm, if recorded) and metadata keys."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    pixel_nm: float | None
+    metadata: dict[str, Any]
+
+
+def _tiff_metadata(tif: tifffile.TiffFile) -> tuple[dict[str, Any], float | None]:
+    meta: dict[str, Any] = {}
+    for source in (tif.imagej_metadata or {}, *(tif.shaped_metadata or ())):
+        if isinstance(source, dict):
+            meta.update(source)
+    pixel_nm = None
+    page = tif.pages.first
+    unit = str(meta.get("unit", "")).lower().replace("\\u00b5", "u").replace("µ", "u")
+    tag = page.tags.get("XResolution")
+    if tag is not None and unit in ("um", "micron", "microns", "micrometer"):
+        num, den = tag.value
+        if num > 0 and den > 0:
+            pixel_nm = 1000.0 * den / num
+    return meta, pixel_nm
+
+
+def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, StackInfo]:
+    """The array stored in ``path`` (as is) and its :class:`StackInfo`; unreadable or missing
+    files raise :class:`InputError` naming the file."""
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            array = tif.asarray()
+            meta, pixel_nm = _tiff_metadata(tif)
+    except Exception as exc:  # tifffile raises several types for corrupt or non-TIFF files
+        raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from exc
+    return array, StackInfo(array.dtype, tuple(array.shape), pixel_nm, meta)
+
+
+def resolve_offset(explicit: float | None, path: Path, metadata: dict[str, Any]) -> tuple[float, str]:
+    """The camera offset to subtract and where it came from (module docstring, step 3)."""
+    if explicit is not None:
+        return float(explicit), "given (--norm-offset / predict.norm_offset)"
+    lowered = {str(k).lower(): v for k, v in metadata.items()}
+    for key in _OFFSET_KEYS:
+        value = lowered.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value):
+            return float(value), f"TIFF metadata '{key}'"
+    sidecar = path.parent.parent / f"{path.parent.name}_meta" / f"{path.stem}.npz"
+    if sidecar.exists():
+        try:
+            with np.load(sidecar) as npz:
+                return float(npz["norm_offset"]), f"simuq dataset metadata {sidecar}"
+        except (OSError, KeyError, ValueError):
+            pass
+    return 0.0, "none found: 0"
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """``x = (raw − offset) / scale`` (the training rule), and where each number came from."""
+
+    offset: float
+    scale: float
+    percentile: float
+    offset_source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rule": NORMALISATION_RULE, "norm_offset": self.offset, "norm_scale": self.scale,
+                "norm_percentile": self.percentile, "offset_source": self.offset_source}
+
+
+def normalise(raw: np.ndarray, offset: float, percentile: float, source: str,
+              offset_source: str = "given") -> tuple[np.ndarray, Normalisation]:
+    """``(F, H, W)`` raw counts -> normalised float32 frames and the :class:`Normalisation`."""
+    level = float(np.percentile(np.asarray(raw, np.float64) - offset, percentile))
+    if level <= 0:
+        raise InputError(f"{source}: after subtracting the camera offset {offset:g}, the "
+                         f"{percentile:g}th percentile is {level:g} ≤ 0: wrong norm_offset?")
+    scale = normalisation_scale(raw, offset, percentile)
+    x = ((raw.astype(np.float32) - np.float32(offset)) / np.float32(scale)).astype(np.float32)
+    return x, Normalisation(offset, scale, percentile, offset_source)
+
+
+def resolve_tile(requested: int | None, spec: dict[str, Any], fallback: int | None = None) -> int:
+    """Tile size in camera pixels: ``requested``, else the training crop recorded in the model
+    spec (``train_crop``), else ``fallback`` (e.g. the ``simulate`` crop), else
+    :data:`DEFAULT_TILE`; rounded down to a multiple of ``2**depth`` unless given explicitly."""
+    multiple = 2 ** int(spec["model"]["depth"])
+    if requested is not None:
+        return int(requested)
+    crop = spec.get("train_crop")
+    tile = int(min(crop)) if crop else int(fallback or DEFAULT_TILE)
+    return max(multiple, tile - tile % multiple)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiled prediction
+# ----------------------------------------------------------------------------------------------
+
+
+def _tile_bytes(tile: int, rescale: int, n_frames: int, width: int, psf_size: int) -> int:
+    """Upper estimate of one tile's working memory (bytes) for the forward pass + variance
+    propagation, as if nothing were fused: U-Net activations ~24·width·t², model-grid features
+    ~10·width·(r t)², ~17 frame-stack maps (means, variances, FFT buffers) of ``F·(r t + K)²``.
+    XLA's own analysis of the default network on CPU needs 5-10× less, so batches sized with it
+    leave ample room."""
+    hr = rescale * tile
+    floats = 24 * width * tile**2 + 10 * width * hr**2 + 17 * n_frames * (hr + psf_size) ** 2
+    return 4 * floats
+
+
+def _free_bytes(device: jax.Device) -> int | None:
+    try:
+        stats = device.memory_stats()
+    except Exception:  # some backends do not implement it
+        stats = None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class TiledPredictor:
+    """A trained network applied to normalised stacks of any size ``(F, H, W)``.
+
+    ``__call__`` returns the blended maps of :data:`_MAPS` present for the model's UQ targets, as
+    ``{name: np.ndarray}`` (``*_std`` already square-rooted), plus the tiling description.
+
+    ``context``: how the input-global parts of the network (GroupNorm statistics, the per-sample
+    PSF heads) see a tiled image (:mod:`simuq_core.image_context`): ``"image"`` (default) =
+    computed once for the image in one extra network pass over statistics tiles up to
+    ``stat_scale × tile`` per side (at most ``stat_tiles`` of them, an even sub-grid) and frozen
+    for every tile; ``"tile"`` = each tile its own (the training behaviour, but tiles then get
+    different feature gains and PSFs). An image that fits in one tile is one pass either way.
+    """
+
+    def __init__(self, model: nnx.Module, spec: dict[str, Any], tile: int, overlap: int,
+                 batch_size: int, progress: bool = False, context: str = "image",
+                 stat_scale: int = 4, stat_tiles: int = 16):
+        self.spec = spec
+        self.uq = UQParams(**spec["uq"])
+        self.rescale = int(spec["model"]["rescale"])
+        self.n_frames = int(spec["n_frames"])
+        self.multiple = 2 ** int(spec["model"]["depth"])
+        self.tile, self.overlap = int(tile), int(overlap)
+        if context not in ("image", "tile"):
+            raise ValueError(f"context must be 'image' or 'tile', got {context!r}")
+        self.context, self.stat_scale, self.stat_tiles = context, int(stat_scale), int(stat_tiles)
+        make_grid((self.tile, self.tile), self.tile, self.overlap, self.multiple)  # validates
+        self.device = jax.devices()[0]
+        free = _free_bytes(self.device)
+        per_tile = _tile_bytes(self.tile, self.rescale, self.n_frames, int(spec["model"]["width"]),
+                               int(spec["psf_size"]))
+        cap = max(1, int(_MEMORY_FRACTION * free) // per_tile) if free else batch_size
+        self.batch_size = max(1, min(batch_size, cap))
+        # The statistics pass runs the network only (no variance propagation, about half the
+        # memory of a prediction): it may use twice the pixels of a batch of tiles.
+        self._stat_pixels = 2 * max(cap, self.batch_size) * self.tile**2
+        self.progress = progress
+        keys = [key for key, *_ in _MAPS.values()]
+        self._net, paths = with_context_layers(model)
+        self._layers = [get_path(self._net, p) for p in paths]
+        graphdef, _ = nnx.split(self._net)
+
+        @jax.jit
+        def forward(state, x):
+            out = predict(nnx.merge(graphdef, state), x, self.uq)
+            return {k: out[k] for k in keys if k in out}
+
+        @jax.jit
+        def record(state, x):
+            net = nnx.merge(graphdef, state)
+            net(x)  # only the statistics are returned; XLA drops the unused heads
+            return [get_path(net, p).stats() for p in paths]
+
+        self._forward, self._record = forward, record
+
+    def tiling(self, grid: TileGrid, batch: int, stat_grid: dict | None) -> dict[str, Any]:
+        return {"tile": grid.tile, "overlap": grid.overlap, "n_tiles": grid.n_tiles,
+                "grid": [len(grid.starts_y), len(grid.starts_x)], "padded_to": list(grid.padded),
+                "batch_size": batch, "device": str(self.device),
+                "context": ("image-level (GroupNorm statistics and PSF features)"
+                            if stat_grid else "per input" if grid.n_tiles == 1 else "per tile"),
+                "context_tiles": stat_grid,
+                "blend": "separable raised-cosine ramps over the overlap; means: weighted mean; "
+                         "std maps: sqrt of the weighted mean of variances"}
+
+    def _batches(self, padded: np.ndarray, grid: TileGrid, batch: int):
+        """``(tile indices, (batch, F, t, t) tiles)``; the last batch is padded by repetition so
+        one compiled shape serves every batch."""
+        for i0 in range(0, grid.n_tiles, batch):
+            idx = list(range(i0, min(i0 + batch, grid.n_tiles)))
+            tiles = extract_tiles(padded, grid, idx)
+            if len(idx) < batch:
+                tiles = np.concatenate([tiles, np.repeat(tiles[-1:], batch - len(idx), 0)])
+            yield idx, jnp.asarray(tiles)
+
+    def context_sample(self, grid: TileGrid) -> tuple[TileGrid, list[int]]:
+        """The statistics tiles: a non-overlapping grid of squares of side ``min(image,
+        stat_scale·tile)`` (a multiple of ``2**depth``) and the indices used, all of them or an
+        even sub-grid within the pixel budget (at most ``stat_tiles``)."""
+        side = min(*grid.padded, self.stat_scale * self.tile)
+        side -= side % self.multiple
+        stat_grid = make_grid(grid.padded, side, 0, self.multiple)
+        ny, nx = len(stat_grid.starts_y), len(stat_grid.starts_x)
+        limit = max(1, min(self.stat_tiles, self._stat_pixels // side**2))
+        if ny * nx <= limit:
+            return stat_grid, list(range(ny * nx))
+        ry = min(ny, max(1, round(np.sqrt(limit * ny / nx))))
+        rx = min(nx, max(1, limit // ry))
+        rows = ((np.arange(ry) + 0.5) * ny / ry).astype(int)  # evenly spread, centred
+        cols = ((np.arange(rx) + 0.5) * nx / rx).astype(int)
+        return stat_grid, [int(r * nx + c) for r in rows for c in cols]
+
+    def _freeze_image_context(self, padded: np.ndarray, grid: TileGrid) -> dict[str, Any]:
+        """One ``POOLED`` pass over the statistics tiles, then freeze (module docstring of
+        :mod:`simuq_core.image_context`)."""
+        stat_grid, idx = self.context_sample(grid)
+        set_mode(self._layers, POOLED)
+        stats = jax.device_get(self._record(nnx.state(self._net),
+                                            jnp.asarray(extract_tiles(padded, stat_grid, idx))))
+        set_mode(self._layers, FROZEN, [tuple(np.asarray(a) for a in s) for s in stats])
+        return {"side": stat_grid.tile, "used": len(idx), "of": stat_grid.n_tiles}
+
+    def __call__(self, x: np.ndarray, desc: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Blended maps for normalised frames ``x`` ``(F, H, W)`` and the tiling description."""
+        f, h, w = x.shape
+        if f != self.n_frames:
+            raise InputError(f"{desc}: {f} frames, the model expects {self.n_frames}")
+        grid = make_grid((h, w), self.tile, self.overlap, self.multiple)
+        padded = pad_image(x, grid)
+        batch = min(self.batch_size, grid.n_tiles)
+        image_context = self.context == "image" and grid.n_tiles > 1
+        origins = grid.origins()
+        blenders: dict[str, Blender] = {}
+        psf_sum: dict[str, np.ndarray] = {}
+        psf_weight = 0.0
+        bar = tqdm(total=grid.n_tiles, desc=desc or "tiles", unit="tile", leave=False,
+                   disable=(not self.progress or grid.n_tiles <= batch) or None)
+        with bar:
+            stat_grid = None
+            if image_context:
+                stat_grid = self._freeze_image_context(padded, grid)
+            else:
+                set_mode(self._layers, PER_INPUT)
+            state = nnx.state(self._net)
+            for idx, tiles in self._batches(padded, grid, batch):
+                out = jax.device_get(self._forward(state, tiles))
+                for j, t in enumerate(idx):
+                    y0, x0 = origins[t]
+                    weight = float(tile_window(grid, y0, x0).sum())
+                    psf_weight += weight
+                    for name, (key, _, grid_kind, *_rest) in _MAPS.items():
+                        if key not in out:
+                            continue
+                        value = np.asarray(out[key][j], np.float32)
+                        if grid_kind == "psf":
+                            psf_sum[name] = psf_sum.get(name, 0.0) + weight * value
+                            continue
+                        if name not in blenders:
+                            scale = self.rescale if grid_kind == "model" else 1
+                            blenders[name] = Blender(grid, value.shape[:-2], scale)
+                        blenders[name].add(value, y0, x0)
+                bar.update(len(idx))
+        maps = {name: b.result() for name, b in blenders.items()}
+        maps |= {name: total / psf_weight for name, total in psf_sum.items()}
+        maps = {name: (np.sqrt(np.maximum(v, 0.0)) if _MAPS[name][1] else v).astype(np.float32)
+                for name, v in maps.items()}
+        return maps, self.tiling(grid, batch, stat_grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileResult:
+    """One input: ``ok`` with its output folder and summary, or the error that stopped it."""
+
+    input: str
+    ok: bool
+    output: str | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+
+
+@dataclass
+class PredictReport:
+    """Every input of a run (``report.json``)."""
+
+    model: dict[str, Any]
+    results: list[FileResult]
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if not r.ok]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "n_inputs": len(self.results),
+                "n_ok": len(self.results) - len(self.failed), "n_failed": len(self.failed),
+                "inputs": [{"input": r.input, "ok": r.ok, "output": r.output, "error": r.error,
+                            "warnings": r.warnings} for r in self.results]}
+
+
+def find_inputs(patterns: Iterable[str]) -> list[Path]:
+    """Files matching glob patterns, plain paths or folders (their ``*.tif`` / ``*.tiff``),
+    sorted and de-duplicated. A plain path is kept even if missing (it is reported later)."""
+    import glob
+
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            matches = sorted([*p.glob("*.tif"), *p.glob("*.tiff")])
+        elif glob.has_magic(pattern):
+            matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
+        else:
+            matches = [p]
+        for m in matches:
+            found.setdefault(str(m.resolve()) if m.exists() else str(m), m)
+    return list(found.values())
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        stem = p.name.split(".")[0] or p.name
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def _model_info(model_dir: str | os.PathLike, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"dir": str(model_dir), "mode": spec.get("mode"), "params_hash": spec.get("params_hash"),
+            "dataset_sha256": spec.get("dataset_sha256"), "rescale": spec["model"]["rescale"],
+            "n_frames": spec["n_frames"], "uq_targets": list(spec["uq"]["targets"]),
+            "obs_noise": spec["uq"]["obs_noise"], "psf_size": spec["psf_size"]}
+
+
+def _map_metadata(name: str, grid_kind: str, axes: str, model: dict[str, Any],
+                  norm: Normalisation, source: str, pixel_nm: float) -> dict[str, Any]:
+    units = ("normalised raw units: ADU = value * norm_scale + norm_offset (std: * norm_scale)"
+             if grid_kind == "camera" else "model units (normalised input)")
+    info = {"map": name, "description": _MAPS[name][4], "axes": axes, "grid": grid_kind,
+            "pixel_nm": pixel_nm, "units": units, "input": source,
+            "model": {k: model[k] for k in ("dir", "mode", "params_hash")},
+            "normalisation": norm.as_dict()}
+    text = "\n".join([f"simuq map: {name} ({_MAPS[name][4]})", f"input: {source}",
+                      f"model: {model['dir']} (mode {model['mode']}, params_hash "
+                      f"{model['params_hash']})",
+                      f"normalisation: {NORMALISATION_RULE}",
+                      f"norm_offset: {norm.offset:g} ({norm.offset_source})",
+                      f"norm_scale: {norm.scale:g} (percentile {norm.percentile:g})",
+                      f"axes: {axes}; grid: {grid_kind}; pixel: {pixel_nm:g} nm", f"units: {units}"])
+    return {"simuq": json.dumps(info, sort_keys=True), "norm_offset": norm.offset,
+            "norm_scale": norm.scale, "Info": text}
+
+
+def _stats(array: np.ndarray) -> dict[str, float]:
+    return {"mean": float(array.mean()), "p95": float(np.percentile(array, 95)),
+            "min": float(array.min()), "max": float(array.max())}
+
+
+def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
+                 predictor: TiledPredictor, cfg: PredictParams, model: dict[str, Any]) -> FileResult:
+    """Process one input into ``out_dir/name/`` (module docstring); errors are raised, warnings
+    returned in the :class:`FileResult`."""
+    t0 = time.perf_counter()
+    path = Path(path)
+    source = str(path)
+    spec = predictor.spec
+    array, info = read_stack(path)
+    raw, layout = to_frame_stack(array, predictor.n_frames, source)
+    offset, offset_source = resolve_offset(cfg.norm_offset, path, info.metadata)
+    warnings = check_values(raw, source, info.dtype, offset)
+    if offset_source.startswith("none"):
+        warnings.append(f"{source}: no camera offset given or recorded: assumed 0 (set "
+                        "--norm-offset / predict.norm_offset if the camera adds one)")
+    model_pixel_nm = float(spec["model"]["optics"]["lr_pixel_nm"])
+    if info.pixel_nm is not None and abs(info.pixel_nm / model_pixel_nm - 1) > _PIXEL_SIZE_TOLERANCE:
+        warnings.append(f"{source}: pixel size {info.pixel_nm:.1f} nm differs from the model's "
+                        f"{model_pixel_nm:.1f} nm: the PSF and pattern scale will not match")
+    order = frame_order_warnings(raw, source) if predictor.n_frames == 9 else ([], None)
+    warnings += order[0]
+    x, norm = normalise(raw, offset, cfg.norm_percentile, source, offset_source)
+    maps, tiling = predictor(x, desc=path.name)
+
+    camera_nm = info.pixel_nm or model_pixel_nm
+    pixel = {"camera": camera_nm, "model": camera_nm / predictor.rescale,
+             "psf": camera_nm / predictor.rescale}
+    summary: dict[str, Any] = {
+        "input": source, "input_shape": list(info.shape), "input_dtype": str(info.dtype),
+        "layout": layout, "frame_order": "angle-major: frame = 3*angle + phase",
+        "model": model, "normalisation": norm.as_dict(), "tiling": tiling,
+        "pattern": order[1].as_dict() if order[1] is not None else None,
+        "warnings": warnings, "maps": {},
+    }
+    with atomic_directory(Path(out_dir) / name) as work:
+        for map_name, array_out in maps.items():
+            _, _, grid_kind, axes, description = _MAPS[map_name]
+            write_tiff(work / f"{map_name}.tif", array_out, axes,
+                       _map_metadata(map_name, grid_kind, axes, model, norm, source,
+                                     pixel[grid_kind]),
+                       resolution=(1000.0 / pixel[grid_kind],) * 2)
+            summary["maps"][map_name] = {"file": f"{map_name}.tif", "axes": axes,
+                                         "shape": list(array_out.shape), "grid": grid_kind,
+                                         "pixel_nm": pixel[grid_kind], "description": description,
+                                         **_stats(array_out)}
+        summary["seconds"] = time.perf_counter() - t0
+        write_json(work / "summary.json", summary)
+    return FileResult(source, True, str(Path(out_dir) / name), None, warnings, summary)
+
+
+def predict_files(
+    inputs: list[Path],
+    out_dir: str | os.PathLike,
+    model: nnx.Module,
+    spec: dict[str, Any],
+    model_dir: str | os.PathLike,
+    cfg: PredictParams,
+    tile: int,
+    progress: bool = True,
+    on_result: Callable[[FileResult], None] | None = None,
+    context: str = "image",
+) -> PredictReport:
+    """Process every input; a bad file is reported (``FileResult.ok = False``) and skipped, the
+    rest are processed. Writes ``out_dir/report.json`` and returns the report. ``context``: see
+    :class:`TiledPredictor`."""
+    out_dir = Path(out_dir)
+    predictor = TiledPredictor(model, spec, tile, cfg.overlap, cfg.batch_size, progress=progress,
+                               context=context)
+    info = _model_info(model_dir, spec)
+    results = []
+    for path, name in tqdm(list(zip(inputs, _unique_names(inputs), strict=True)), desc="predict",
+                           unit="file", disable=not progress or None):
+        try:
+            result = predict_file(path, out_dir, name, predictor, cfg, info)
+        except InputError as exc:
+            result = FileResult(str(path), False, error=str(exc))
+        except Exception as exc:  # one unexpected failure must not lose the other files
+            log.debug("failure on %s", path, exc_info=True)
+            result = FileResult(str(path), False, error=f"{path}: {type(exc).__name__}: {exc}")
+        if not result.ok:  # no stale maps from an earlier run may pass for this input's
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        for w in result.warnings:
+            log.warning("%s", w)
+        if not result.ok:
+            log.error("%s", result.error)
+        if on_result is not None:
+            on_result(result)
+        results.append(result)
+    report = PredictReport(info | {"tile": predictor.tile, "overlap": predictor.overlap,
+                                   "batch_size": predictor.batch_size,
+                                   "device": str(predictor.device)}, results)
+    write_json(out_dir / "report.json", report.as_dict())
+    return report

@@ -1,0 +1,88 @@
+"""Stage / command ``predict``: reconstruct raw 9-frame SIM stacks with uncertainty maps.
+
+Applies a trained model to any number of TIFF stacks of any size (output layout, normalisation
+and validation: ``simuq_core/predict.py``).
+
+    python -m stages.predict --model models/selfsup --input "data/sim/test/*.tif" \\
+        --out data/predict/selfsup [--tile 32] [--overlap 8] [--norm-offset 100] [--device cpu]
+
+Exit status: 0 all inputs done, 1 some failed (each named in the report), 2 usage errors (no
+inputs, no model, invalid params). Tile default: ``predict.tile``, else the model's training crop
+if recorded, else the ``simulate`` crop of the params file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from stages._common import base_parser, load_params, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/selfsup", help="model folder (default: %(default)s)")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="TIFF files, folders or quoted glob patterns")
+    parser.add_argument("--out", required=True, help="output folder (one sub-folder per input)")
+    parser.add_argument("--tile", type=int, default=None, help="tile size, camera px")
+    parser.add_argument("--overlap", type=int, default=None, help="tile overlap, camera px")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    parser.add_argument("--norm-offset", type=float, default=None, help="camera offset (ADU)")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="JAX platform (default: GPU when available)")
+    parser.add_argument("--context", choices=("image", "tile"), default="image",
+                        help="GroupNorm statistics / PSF shared by the whole image (default) or "
+                             "per tile (as in training; tiles then disagree)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except SystemExit as exc:  # load_params exits with the message; usage errors are status 2
+        print(exc, file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in (("tile", args.tile), ("overlap", args.overlap),
+                                   ("batch_size", args.batch_size),
+                                   ("norm_offset", args.norm_offset)) if v is not None}
+    cfg = params.predict.model_copy(update=overrides)
+    setup_logging()
+
+    import jax
+
+    if args.device != "auto":
+        jax.config.update("jax_platforms", args.device)
+    try:
+        jax.devices()
+    except RuntimeError as exc:
+        print(f"error: --device {args.device}: {exc}", file=sys.stderr)
+        return 2
+    from simuq_core.experiment import load_model
+    from simuq_core.predict import find_inputs, predict_files, resolve_tile
+
+    inputs = find_inputs(args.input)
+    if not inputs:
+        print(f"error: no input matches {args.input}", file=sys.stderr)
+        return 2
+    if not (Path(args.model) / "model.json").exists():
+        print(f"error: {args.model}: no model.json (train a model first)", file=sys.stderr)
+        return 2
+    model, spec = load_model(args.model)
+    sim = params.simulate
+    try:
+        tile = resolve_tile(cfg.tile, spec, fallback=min(sim.lr_h, sim.lr_w))
+        report = predict_files(inputs, args.out, model, spec, args.model, cfg, tile,
+                               progress=not args.quiet, context=args.context)
+    except ValueError as exc:  # tile / overlap incompatible with the model
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = report.failed
+    n_warn = sum(bool(r.warnings) for r in report.results)
+    print(f"predict: {len(inputs) - len(failed)}/{len(inputs)} inputs reconstructed into {args.out} "
+          f"(tile {report.model['tile']}, overlap {report.model['overlap']}, "
+          f"{report.model['device']}); {n_warn} with warnings")
+    for r in failed:
+        print(f"  FAILED {r.error}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
