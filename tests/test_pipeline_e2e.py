@@ -1,7 +1,7 @@
 """End to end on the tiny profile, in a temporary git + DVC repo: `dvc repro` of the whole
 pipeline writes every report; DVC sees the metrics and plots; every trained model has one MLflow
 run holding training curves and calibration numbers; an MLflow server on loopback serves them over
-REST; `dvc exp run -S` of another `uq.targets` value adds tagged runs."""
+REST; queued `dvc exp run --queue -S` variants of `uq.targets` (one worker) add tagged runs."""
 
 import json
 import os
@@ -87,9 +87,18 @@ def _check_mlflow(repo):
     assert all(v["run_id"] for v in runs_file.values())
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
-    dvc(["exp", "run", "-n", "only-emitter", "-S", "uq.targets=[emitter]"], repo)
+    # Two queued variants, one worker (the SQLite store takes one writer at a time).
+    dvc(["exp", "run", "--queue", "-n", "only-emitter", "-S", "uq.targets=[emitter]"], repo)
+    dvc(["exp", "run", "--queue", "-n", "only-lp", "-S", "uq.targets=[lp]"], repo)
+    dvc(["queue", "start", "-j", "1"], repo)
+    for _ in range(600):
+        status = dvc(["queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Failed" not in status, status
     shown = dvc(["exp", "show", "--json"], repo).stdout
-    assert "only-emitter" in shown and "emitter_zms" in shown
+    assert "only-emitter" in shown and "only-lp" in shown and "emitter_zms" in shown
 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -118,9 +127,11 @@ def _check_mlflow(repo):
         metrics = {m["key"] for m in r["data"]["metrics"]}
         # training curves, test metrics, and the calibrate stage's numbers in the same run
         assert {"loss", "test_rec_zms", "calib_rec_zms", "calib_lp_zms"} <= metrics, metrics
-    exp_runs = [r for r in runs if any(t["key"] == "dvc_exp_name" and t["value"] == "only-emitter"
-                                       for t in r["data"]["tags"])]
-    assert len(exp_runs) == 2  # the experiment re-trained both models
-    for r in exp_runs:
-        params = {p["key"]: p["value"] for p in r["data"]["params"]}
-        assert params["uq.targets"] == "emitter"
+    for name, targets in (("only-emitter", "emitter"), ("only-lp", "lp")):
+        exp_runs = [r for r in runs if any(t["key"] == "dvc_exp_name" and t["value"] == name
+                                           for t in r["data"]["tags"])]
+        assert len(exp_runs) == 2, name  # each experiment re-trained both models
+        for r in exp_runs:
+            params = {p["key"]: p["value"] for p in r["data"]["params"]}
+            assert params["uq.targets"] == targets and r["info"]["status"] == "FINISHED"
+            assert "calib_rec_zms" in {m["key"] for m in r["data"]["metrics"]}
