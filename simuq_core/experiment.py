@@ -22,7 +22,7 @@ from simuq_core.config import ModelParams, Params, TrainParams, UQParams, params
 from simuq_core.dataset import DatasetSplit, load_split
 from simuq_core.debug import debug_dir_name, reference_from_split, write_uncertainty_artifacts
 from simuq_core.evaluation import evaluate, make_predictor, pool_gt
-from simuq_core.io import read_json, write_json
+from simuq_core.io import read_json, write_json, write_npz
 from simuq_core.objectives import selfsup_objective, sup_objective
 from simuq_core.reconstruction import build_model, model_spec
 from simuq_core.training import Trainer, load_checkpoint_arrays, restore_state, state_to_arrays
@@ -77,8 +77,7 @@ def _arrays(split: DatasetSplit, factor: int, gt_norm: str, with_gt: bool) -> di
 
 
 def save_model(model: nnx.Module, spec: dict[str, Any], out_dir: Path) -> None:
-    from simuq_core.io import write_npz
-
+    """``model.npz`` (parameters as host arrays) and ``model.json`` (``spec``), atomically."""
     write_npz(out_dir / "model.npz", **state_to_arrays(nnx.state(model, nnx.Param)))
     write_json(out_dir / "model.json", spec)
 
