@@ -47,6 +47,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "load_checkpoint_arrays",
+    "lr_schedule",
     "make_optimizer",
     "restore_state",
     "state_to_arrays",
@@ -69,16 +70,20 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 
 
-def make_optimizer(cfg: TrainParams, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up + cosine decay, global-norm clipping; no decay on 1-D params."""
+def lr_schedule(cfg: TrainParams, total_steps: int) -> optax.Schedule:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``0.05·lr``."""
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup else cfg.lr, peak_value=cfg.lr, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=0.05 * cfg.lr,
     )
+
+
+def make_optimizer(cfg: TrainParams, total_steps: int) -> optax.GradientTransformation:
+    """AdamW on :func:`lr_schedule`, global-norm clipping; no decay on 1-D params."""
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(schedule, weight_decay=cfg.weight_decay,
+        optax.adamw(lr_schedule(cfg, total_steps), weight_decay=cfg.weight_decay,
                     mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)),
     )
 
@@ -186,6 +191,7 @@ class Trainer:
         self.replicated = NamedSharding(self.mesh, P())
 
         self.graphdef, params = nnx.split(model, nnx.Param)
+        self.schedule = lr_schedule(cfg, self.total_steps)
         self.tx = make_optimizer(cfg, self.total_steps)
         self.params = jax.device_put(params, self.replicated)
         self.opt_state = jax.device_put(self.tx.init(params), self.replicated)
@@ -344,16 +350,9 @@ class Trainer:
         return f"non-finite loss at step {step} (epoch {epoch}): {shown}{where}"
 
     def _row(self, kind: str, epoch: int, step: int, t0: float, values: dict) -> dict[str, Any]:
-        lr = float(self._lr(step))
+        lr = float(self.schedule(step))
         return {"kind": kind, "epoch": epoch, "step": step, "lr": lr,
                 "time_s": round(time.perf_counter() - t0, 3), **values}
-
-    def _lr(self, step: int) -> float:
-        warmup = min(self.cfg.warmup_steps, max(self.total_steps - 1, 0))
-        sched = optax.warmup_cosine_decay_schedule(
-            0.0 if warmup else self.cfg.lr, self.cfg.lr, warmup,
-            max(self.total_steps, warmup + 1), 0.05 * self.cfg.lr)
-        return sched(step)
 
     def _write_csv(self, history: list[dict]) -> None:
         columns: list[str] = ["kind", "epoch", "step", "lr", "time_s"]

@@ -51,6 +51,23 @@ def model_run(model_dir: str | os.PathLike, stage: str, mode: str):
     return open_run(model_dir, stage=stage, mode=mode, params_hash=spec.get("params_hash", ""))
 
 
+def report_args(description: str, default_out: str, argv: list[str] | None):
+    """Arguments shared by the per-model report stages (``export_debug``, ``calibrate``).
+
+    Returns ``(args, params, model_dir, out_dir)`` with the ``<mode>`` defaults filled in.
+    """
+    parser = base_parser(description)
+    parser.add_argument("--mode", choices=("selfsup", "sup"), required=True)
+    parser.add_argument("--model", help="model folder (default: models/<mode>)")
+    parser.add_argument("--data", default="data/sim", help="dataset folder (default: %(default)s)")
+    parser.add_argument("--out", help=f"output folder (default: {default_out}/<mode>)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    setup_logging()
+    return (args, params, args.model or f"models/{args.mode}",
+            Path(args.out or f"{default_out}/{args.mode}"))
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")

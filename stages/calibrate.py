@@ -10,22 +10,13 @@ from __future__ import annotations
 import logging
 
 from simuq_core.reports import calibrate_model
-from stages._common import base_parser, load_params, model_run, setup_logging
+from stages._common import model_run, report_args
 
 log = logging.getLogger("simuq.calibrate")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("selfsup", "sup"), required=True)
-    parser.add_argument("--model", help="model folder (default: models/<mode>)")
-    parser.add_argument("--data", default="data/sim", help="dataset folder (default: %(default)s)")
-    parser.add_argument("--out", help="output folder (default: reports/calibration/<mode>)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    setup_logging()
-    out = args.out or f"reports/calibration/{args.mode}"
-    model_dir = args.model or f"models/{args.mode}"
+    args, params, model_dir, out = report_args(__doc__.splitlines()[0], "reports/calibration", argv)
     with model_run(model_dir, "calibrate", args.mode) as tracker:
         result = calibrate_model(model_dir, args.data, out, params.calibrate)
         tracker.log_metrics({f"calib_{k}": v for k, v in result["test"].items()})
