@@ -28,7 +28,7 @@ def _setup(objective_kind: str):
 
     from simuq_core.config import parse_params
     from simuq_core.objectives import selfsup_objective
-    from simuq_core.reconstruction import build_model, predict
+    from simuq_core.reconstruction import batch_pattern, build_model, estimate_patterns, predict
     from simuq_core.training import Trainer
 
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
@@ -41,14 +41,16 @@ def _setup(objective_kind: str):
     prior = np.full((model.psf_size,) * 2, 1.0 / model.psf_size**2)
     if objective_kind == "l1":
         def objective(m, batch, mean_only):
-            rec = predict(m, batch["x"], uq)["rec"]
+            rec = predict(m, batch["x"], uq, batch_pattern(batch))["rec"]
             loss = jnp.abs(batch["x"] - rec).mean()
             return loss, {"rec_mae": loss}
     else:
         objective = selfsup_objective(uq, cfg, prior)
     x = np.random.default_rng(0).random((cfg.batch_size, 9, sim.lr_h, sim.lr_w)).astype(np.float32)
-    trainer = Trainer(model, objective, cfg, {"x": x}, tempfile.mkdtemp(), progress=False)
-    return trainer, trainer._shard({"x": x}), cfg
+    # As in training: the pattern estimates are computed once per dataset and batched with x.
+    data = {"x": x} | estimate_patterns(model, x, cfg.batch_size)
+    trainer = Trainer(model, objective, cfg, data, tempfile.mkdtemp(), progress=False)
+    return trainer, trainer._shard(data), cfg
 
 
 def _step_runner(trainer, batch):

@@ -213,6 +213,33 @@ class OpticsPrior(_Strict):
     lr_pixel_nm: float = Field(62.6, gt=1.0, lt=1000.0)
 
 
+class LightPatternParams(_Strict):
+    """How the network gets the illumination (DESIGN.md §1, §9; :mod:`simuq_core.pattern`)."""
+
+    mode: Literal["parametric", "free"] = Field(
+        "parametric",
+        description="parametric: 1 + m·cos(2π k·x + φ) with k, φ estimated classically from the "
+        "frames and m learned; free: 9 maps from a network head (F·softmax; the original design, "
+        "kept as an ablation)",
+    )
+    n_angles: int = Field(3, ge=1, le=9, description="pattern orientations (frames are angle-major)")
+    period_lr: float | None = Field(
+        5.0, gt=2.0, lt=100.0,
+        description="expected pattern period in camera pixels (a search prior); null = search all",
+    )
+    period_tolerance: float = Field(
+        0.3, gt=0.0, lt=1.0, description="relative half-width of the period search window"
+    )
+    modulation_init: float = Field(0.8, gt=0.0, lt=1.0, description="starting modulation depth m")
+
+    def k_range(self) -> tuple[float, float]:
+        """The searched ``|k|`` window in cycles per camera pixel."""
+        if self.period_lr is None:
+            return (0.08, 0.45)
+        return (1.0 / (self.period_lr * (1.0 + self.period_tolerance)),
+                min(0.5, 1.0 / (self.period_lr * (1.0 - self.period_tolerance))))
+
+
 class ModelParams(_Strict):
     """The network (shared by both training stages)."""
 
@@ -226,6 +253,7 @@ class ModelParams(_Strict):
     )
     background: bool = Field(True, description="predict a smooth additive background")
     optics: OpticsPrior = OpticsPrior()
+    light_pattern: LightPatternParams = LightPatternParams()
 
     @model_validator(mode="after")
     def _odd_psf(self) -> ModelParams:

@@ -23,8 +23,9 @@ from simuq_core.dataset import DatasetSplit, load_split
 from simuq_core.debug import debug_dir_name, reference_from_split, write_uncertainty_artifacts
 from simuq_core.evaluation import evaluate, make_predictor, pool_gt
 from simuq_core.io import read_json, write_json, write_npz
+from simuq_core.models import airy_prior
 from simuq_core.objectives import selfsup_objective, sup_objective
-from simuq_core.reconstruction import build_model, model_spec
+from simuq_core.reconstruction import build_model, estimate_patterns, model_spec
 from simuq_core.training import Trainer, load_checkpoint_arrays, restore_state, state_to_arrays
 
 __all__ = ["apply_gt_norm", "load_model", "run_training", "save_model"]
@@ -86,6 +87,8 @@ def load_model(model_dir: str | Path) -> tuple[nnx.Module, dict[str, Any]]:
     """Rebuild a saved network and load its parameters (any device count)."""
     model_dir = Path(model_dir)
     spec = read_json(model_dir / "model.json")
+    # Models saved before the parametric light pattern existed had the free one.
+    spec["model"].setdefault("light_pattern", {"mode": "free"})
     model = build_model(ModelParams(**spec["model"]), UQParams(**spec["uq"]), spec["n_frames"], 0)
     state = nnx.state(model, nnx.Param)
     arrays = load_checkpoint_arrays(model_dir / "model.npz")
@@ -113,10 +116,9 @@ def run_training(
     val = load_split(data_dir, "val", limit=cfg.max_val_samples)
     n_frames = train.raw.shape[1]
     model = build_model(model_cfg, uq, n_frames, cfg.seed)
-    prior = np.asarray(model.psf_head.bias[...]).reshape(model.psf_size, model.psf_size) \
-        if model_cfg.psf_mode == "per_sample" else np.asarray(model.psf_logits[...])
-    prior = np.exp(prior - prior.max())
-    prior /= prior.sum()
+    spec = model_spec(model_cfg, uq, n_frames)
+    prior = airy_prior(model_cfg.optics.na, model_cfg.optics.wavelength_nm,
+                       spec["model_pixel_nm"], spec["psf_size"])
     objective = (sup_objective if sup else selfsup_objective)(uq, cfg, prior)
     predictor = make_predictor(uq, cfg.batch_size)
     val_arrays = _arrays(val, factor, cfg.gt_norm, with_gt=val.emitter is not None)
@@ -138,12 +140,15 @@ def run_training(
                                     camera_pixel_nm=model_cfg.optics.lr_pixel_nm,
                                     background=epoch + 1 < cfg.epochs)  # the last one waits
 
-    trainer = Trainer(model, objective, cfg, _arrays(train, factor, cfg.gt_norm, with_gt=sup),
+    # The pattern estimates depend on the frames only: computed once, not at every step.
+    train_arrays = _arrays(train, factor, cfg.gt_norm, with_gt=sup) | estimate_patterns(
+        model, train.raw, cfg.batch_size)
+    trainer = Trainer(model, objective, cfg, train_arrays,
                       out_dir, evaluator=evaluator, on_debug=on_debug, on_epoch_end=on_epoch_end,
                       on_rows=on_rows, devices=devices, progress=progress)
     result = trainer.fit()
     manifest = read_json(data_dir / "dataset.json")
-    spec = model_spec(model_cfg, uq, n_frames) | {
+    spec = spec | {
         "mode": mode,
         "train": cfg.model_dump(mode="json"),
         "params_hash": params_hash(params),

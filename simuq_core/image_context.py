@@ -7,9 +7,11 @@ tile changes them:
   own feature gain (each tile is in effect auto-contrasted). On a 112×112 synthetic stack cut into
   the tiny test model's 16-px training crops, the emitter changed by ~30% RMS everywhere in a
   tile, not only near its borders (a patchwork that blending can only smooth);
-- the per-sample PSF heads (``psf_hidden``, ``psf_logvar_hidden``) read the spatial mean of the
-  bottleneck features: every tile gets its own PSF and PSF variance (the PSF is one per
-  *acquisition* by design), which moves ``rec_std``.
+- the per-sample PSF heads (``psf_hidden``, ``psf_logvar_hidden``) and the pattern modulation
+  head (``pattern_hidden``) read the spatial mean of the bottleneck features: every tile gets its
+  own PSF, PSF variance and modulation (one per *acquisition* by design), which moves
+  ``rec_std``. (The classical pattern estimate itself is made once per image by
+  :class:`~simuq_core.predict.TiledPredictor`.)
 
 Here both are computed once for the image and frozen for every tile. The image-level values come
 from one extra network pass over large *statistics tiles* (non-overlapping, up to ``4×`` the
@@ -149,8 +151,9 @@ class ContextPooledLinear(nnx.Module):
 
 
 ContextLayer = ContextGroupNorm | ContextPooledLinear
-# SIMNet's layers that read the spatial mean of the bottleneck (per-sample PSF and its variance).
-POOLED_INPUT_LAYERS = ("psf_hidden", "psf_logvar_hidden")
+# SIMNet's layers that read the spatial mean of the bottleneck (per-sample PSF and its variance,
+# the pattern modulation and the pattern-parameter variances).
+POOLED_INPUT_LAYERS = ("psf_hidden", "psf_logvar_hidden", "pattern_hidden")
 
 
 def get_path(root: nnx.Module, path: tuple) -> nnx.Module:

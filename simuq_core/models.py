@@ -4,7 +4,13 @@
 forward model on the model grid (``rescale``× finer, ``Hh = rescale·H``):
 
 - ``emitter`` ``(B, Hh, Wh)``: softplus, ≥ 0;
-- ``light_pattern`` ``(B, F, Hh, Wh)``: ``F · softmax`` over frames, so its mean over frames is 1;
+- ``light_pattern`` ``(B, F, Hh, Wh)``, mean over frames 1 at every pixel. ``lp_mode="parametric"``
+  (default): ``1 + m·cos(2π k·x + φ + 2πp/P)`` per angle (:mod:`simuq_core.pattern`), with ``k``
+  and ``φ`` estimated classically from the input frames (or passed in, as estimated once per
+  image or dataset) and the modulation ``m`` per angle predicted from the pooled bottleneck
+  features (starting at ``modulation_init``); ``lp_mode="free"``: ``F · softmax`` over frames of a
+  per-pixel head (the original design; it cannot keep the pattern sinusoidal, and absorbs noise
+  and emitter structure);
 - ``psf`` ``(B, K, K)``: softmax over the ``K²`` taps (≥ 0, sums to 1). ``psf_mode="per_sample"``
   predicts one PSF per sample from the bottleneck features (starting at the Airy prior of the
   configured optics); ``"shared"`` learns one PSF for the whole dataset (broadcast over B);
@@ -12,9 +18,11 @@ forward model on the model grid (``rescale``× finer, ``Hh = rescale·H``):
 
 and, for the components in ``uq_targets``, *unbounded* log-variance maps predicted from decoder
 **features** by small convolutional heads (DESIGN.md §4.1): ``emitter_logvar`` ``(B, Hh, Wh)``,
-``lp_logvar`` ``(B, F, Hh, Wh)``, ``psf_logvar`` ``(B, K, K)`` (the *relative* variance of each
-tap: ``Var p = p² · exp(logvar)``, so a PSF variance can never dwarf the taps themselves, the
-failure of DESIGN.md §4.3), and ``obs_logvar`` ``(B, H, W)`` (a per-pixel observation-noise map on
+``lp_logvar`` ``(B, F, Hh, Wh)`` (parametric mode: the log of the first-order pattern variance
+from per-angle phase / modulation / wave-vector log-variances, ``pattern_logvar`` ``(B, A, 3)``,
+predicted from the pooled features and the estimator's match strength), ``psf_logvar``
+``(B, K, K)`` (the *relative* variance of each tap: ``Var p = p² · exp(logvar)``, so a PSF
+variance can never dwarf the taps themselves, the failure of DESIGN.md §4.3), and ``obs_logvar`` ``(B, H, W)`` (a per-pixel observation-noise map on
 the camera grid, when ``obs_noise = poisson_gaussian_map``). Disabled targets have no head and no
 output. The bias of every head starts at ``logvar_bias`` (chosen by the caller so that the bounded
 log-variance starts at ``uq.logvar_init``).
@@ -30,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from simuq_core.pattern import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
 from simuq_core.physics import airy_psf, default_psf_size
 
 __all__ = ["BACKBONES", "SIMNet", "UNet", "model_psf_size"]
@@ -144,6 +153,12 @@ class SIMNet(nnx.Module):
         psf_mode: str = "per_sample",
         obs_noise_raw: tuple[float, float] | None = None,
         backbone: str = "unet",
+        lp_mode: str = "free",
+        n_angles: int = 3,
+        otf_cutoff: float = 0.33,
+        k_range: tuple[float, float] = (0.08, 0.45),
+        modulation_init: float = 0.8,
+        logvar_init: float = -4.0,
         rngs: nnx.Rngs,
     ):
         if psf_prior.shape != (psf_size, psf_size):
@@ -156,8 +171,20 @@ class SIMNet(nnx.Module):
         self.to_hr = nnx.Conv(width, width * rescale**2, (3, 3), rngs=rngs)
         self.hr_block = ConvBlock(width, width, rngs=rngs)
         self.emitter_head = nnx.Conv(width, 1, (1, 1), rngs=rngs)
-        self.lp_head = nnx.Conv(width, n_frames, (1, 1), kernel_init=nnx.initializers.normal(1e-2),
-                                rngs=rngs)
+        if lp_mode not in ("parametric", "free"):
+            raise ValueError(f"lp_mode must be 'parametric' or 'free', got {lp_mode!r}")
+        if lp_mode == "parametric" and n_frames % n_angles:
+            raise ValueError(f"{n_frames} frames do not split into n_angles={n_angles}")
+        self.lp_mode, self.n_angles = lp_mode, n_angles
+        self.otf_cutoff, self.k_range = float(otf_cutoff), (float(k_range[0]), float(k_range[1]))
+        free = lp_mode == "free"
+        self.lp_head = (nnx.Conv(width, n_frames, (1, 1), kernel_init=nnx.initializers.normal(1e-2),
+                                 rngs=rngs) if free else None)
+        self.pattern_hidden = None if free else nnx.Linear(cb, 64, rngs=rngs)
+        m0 = float(np.log(modulation_init / (1.0 - modulation_init)))
+        self.modulation_head = None if free else nnx.Linear(
+            64, n_angles, kernel_init=nnx.initializers.zeros,
+            bias_init=nnx.initializers.constant(m0), rngs=rngs)
         prior_logits = np.log(np.maximum(psf_prior, 1e-12 * psf_prior.max())).astype(np.float32)
         k2 = psf_size * psf_size
         if psf_mode == "per_sample":
@@ -175,8 +202,19 @@ class SIMNet(nnx.Module):
         self.emitter_logvar_head = (
             _LogvarHead(width, 1, logvar_bias, rngs=rngs) if "emitter" in uq_targets else None
         )
+        lp_uq = "lp" in uq_targets
         self.lp_logvar_head = (
-            _LogvarHead(width, n_frames, logvar_bias, rngs=rngs) if "lp" in uq_targets else None
+            _LogvarHead(width, n_frames, logvar_bias, rngs=rngs) if lp_uq and lp_mode == "free"
+            else None
+        )
+        # Parametric: per angle, log-variances of phase (rad²), modulation and |k| ((cycles/px)²);
+        # the wave-vector term starts at the phase term's size 8 camera pixels from the centre.
+        k0 = logvar_init - float(np.log(4.0 * np.pi**2 * 8.0**2))
+        bias = np.tile(np.asarray([logvar_init, logvar_init, k0], np.float32), n_angles)
+        self.pattern_logvar_head = (
+            nnx.Linear(64 + n_angles, 3 * n_angles, kernel_init=nnx.initializers.normal(1e-3),
+                       bias_init=lambda *_: jnp.asarray(bias), rngs=rngs)
+            if lp_uq and lp_mode == "parametric" else None
         )
         if "psf" in uq_targets:
             self.psf_logvar_hidden = nnx.Linear(cb, 64, rngs=rngs)
@@ -191,18 +229,28 @@ class SIMNet(nnx.Module):
             nnx.Param(jnp.asarray(obs_noise_raw, jnp.float32)) if obs_noise_raw is not None else None
         )
 
-    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-        """``x``: ``(B, F, H, W)`` normalised frames -> dict of components (module docstring)."""
+    def estimate_pattern(self, x: jax.Array) -> PatternEstimate:
+        """The classical pattern estimate this network uses for ``x`` ``(B, F, H, W)``."""
+        return estimate_pattern(x, self.n_angles, self.otf_cutoff, self.k_range)
+
+    def __call__(self, x: jax.Array, pattern: PatternEstimate | None = None) -> dict[str, jax.Array]:
+        """``x``: ``(B, F, H, W)`` normalised frames -> dict of components (module docstring).
+
+        ``pattern``: a precomputed :meth:`estimate_pattern` for ``x`` (parametric mode; estimated
+        here when omitted).
+        """
         b, f, h, w = x.shape
         if f != self.n_frames:
             raise ValueError(f"expected {self.n_frames} frames, got input of shape {x.shape}")
         feats, bottleneck = self.backbone(x.transpose(0, 2, 3, 1))
         hr = self.hr_block(_depth_to_space(nnx.gelu(self.to_hr(feats)), self.rescale))
-        out = {
-            "emitter": nnx.softplus(self.emitter_head(hr)[..., 0]),
-            "light_pattern": f * nnx.softmax(self.lp_head(hr), axis=-1).transpose(0, 3, 1, 2),
-        }
+        out = {"emitter": nnx.softplus(self.emitter_head(hr)[..., 0])}
         pooled = bottleneck.mean(axis=(1, 2))
+        if self.lp_head is not None:
+            out["light_pattern"] = f * nnx.softmax(self.lp_head(hr), axis=-1).transpose(0, 3, 1, 2)
+        else:
+            out |= self._parametric_pattern(x, pooled, pattern)
+        pattern_hidden = out.pop("_pattern_hidden", None)
         k = self.psf_size
         if self.psf_mode == "per_sample":
             logits = self.psf_head(nnx.gelu(self.psf_hidden(pooled)))
@@ -216,12 +264,46 @@ class SIMNet(nnx.Module):
             out["emitter_logvar"] = self.emitter_logvar_head(hr)[..., 0]
         if self.lp_logvar_head is not None:
             out["lp_logvar"] = self.lp_logvar_head(hr).transpose(0, 3, 1, 2)
+        elif self.pattern_logvar_head is not None:
+            out |= self._pattern_logvar(out, pattern_hidden)
         if self.psf_logvar_head is not None:
             hidden = nnx.gelu(self.psf_logvar_hidden(pooled))
             out["psf_logvar"] = self.psf_logvar_head(hidden).reshape(b, k, k)
         if self.obs_logvar_head is not None:
             out["obs_logvar"] = self.obs_logvar_head(feats)[..., 0]
         return out
+
+
+    def _parametric_pattern(self, x, pooled, pattern):
+        b, f, h, w = x.shape
+        if pattern is None:
+            pattern = self.estimate_pattern(x)
+        pattern = PatternEstimate(*(jax.lax.stop_gradient(jnp.asarray(a, jnp.float32))
+                                    for a in pattern))
+        hidden = nnx.gelu(self.pattern_hidden(pooled))
+        m = nnx.sigmoid(self.modulation_head(hidden))
+        n_phases = f // self.n_angles
+        return {
+            "light_pattern": pattern_maps(pattern, m, n_phases, (h, w), self.rescale),
+            "pattern_k": pattern.k, "pattern_phase": pattern.phase,
+            "pattern_contrast": pattern.contrast, "pattern_origin": pattern.origin,
+            "pattern_modulation": m, "_pattern_hidden": hidden,
+        }
+
+    def _pattern_logvar(self, out, hidden):
+        contrast = out["pattern_contrast"]
+        b, f, hh, wh = out["light_pattern"].shape
+        # How clearly the pattern stood out: -log(1 - |match|) grows as the estimate sharpens.
+        sharp = -jnp.log(jnp.clip(1.0 - contrast, 1e-6, 1.0))
+        raw = self.pattern_logvar_head(jnp.concatenate([hidden, sharp], axis=-1))
+        raw = raw.reshape(b, self.n_angles, 3)
+        v = jnp.exp(raw)
+        pattern = PatternEstimate(out["pattern_k"], out["pattern_phase"], contrast,
+                                  out["pattern_origin"])
+        var = pattern_variance(pattern, out["pattern_modulation"],
+                               v[..., 0], v[..., 1], v[..., 2], f // self.n_angles,
+                               (hh // self.rescale, wh // self.rescale), self.rescale)
+        return {"pattern_logvar": raw, "lp_logvar": jnp.log(var + 1e-12)}
 
 
 def airy_prior(na: float, wavelength_nm: float, model_pixel_nm: float, size: int) -> np.ndarray:

@@ -4,7 +4,8 @@ Both have the engine's signature ``(model, batch, mean_only) -> (loss, terms)``;
 a traced 0/1 scalar selecting the mean-first phase (DESIGN.md §4.5): there the loss is the squared
 error of the means only, so the variance heads receive no gradient.
 
-Batches: ``x`` ``(B, F, H, W)`` normalised frames; supervised batches add ``emitter_gt``
+Batches: ``x`` ``(B, F, H, W)`` normalised frames, optionally the precomputed pattern estimates
+(:func:`~simuq_core.reconstruction.estimate_patterns`); supervised batches add ``emitter_gt``
 ``(B, Hh, Wh)`` and ``lp_gt`` ``(B, F, Hh, Wh)`` on the model grid.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from simuq_core.config import TrainParams, UQParams
 from simuq_core.losses import aux_rec_loss, gaussian_nll
-from simuq_core.reconstruction import predict
+from simuq_core.reconstruction import batch_pattern, predict
 
 __all__ = ["selfsup_objective", "sup_objective"]
 
@@ -51,7 +52,7 @@ def selfsup_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
 
     def objective(model, batch, mean_only):
         x = batch["x"]
-        pred = predict(model, x, uq)
+        pred = predict(model, x, uq, batch_pattern(batch))
         rec, var = pred["rec"], pred["var_rec"]
         nll = gaussian_nll(x, rec, var, beta=uq.nll_beta, detach_mean=uq.detach_mean_in_var)
         mse = ((x - rec) ** 2).mean()
@@ -76,7 +77,7 @@ def sup_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
 
     def objective(model, batch, mean_only):
         x = batch["x"]
-        pred = predict(model, x, uq)
+        pred = predict(model, x, uq, batch_pattern(batch))
         terms, loss = {}, jnp.zeros((), jnp.float32)
         for comp, gt_key, mean_key, var_key in (
             ("emitter", "emitter_gt", "emitter", "emitter_var"),

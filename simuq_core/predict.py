@@ -35,8 +35,10 @@ Output layout (``<name>`` = the input's file stem; a repeated stem gets ``-2``, 
     <out>/<name>/psf.tif          (K, K)       YX   PSF of the image (model grid; with per-tile
                                                     context: the tile-weighted average)
     <out>/<name>/psf_std.tif      (K, K)       YX   its std             [uq target "psf"]
-    <out>/<name>/summary.json     input, layout, normalisation, model, tiling, pattern estimate,
-                                  warnings, per-map file / axes / shape / mean / p95
+    <out>/<name>/summary.json     input, layout, normalisation, model, tiling, frame-order check
+                                  (``pattern``), the light-pattern estimate the model used
+                                  (``light_pattern``: period, orientation, phase, band match per
+                                  angle), warnings, per-map file / axes / shape / mean / p95
     <out>/report.json             every input: ok or failed (with the reason), warnings
 
 Every TIFF is float32 ImageJ (Fiji) with the pixel size set (camera grid: the input's pixel size
@@ -76,6 +78,7 @@ from simuq_core.image_context import (
     with_context_layers,
 )
 from simuq_core.io import atomic_directory, write_json, write_tiff
+from simuq_core.pattern import PatternEstimate
 from simuq_core.reconstruction import predict
 from simuq_core.simulation import normalisation_scale
 from simuq_core.tiling import Blender, TileGrid, extract_tiles, make_grid, pad_image, tile_window
@@ -98,6 +101,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("simuq.predict")
+# Side of the centred crop the image-level pattern is estimated on (camera pixels).
+PATTERN_CROP = 256
 
 DEFAULT_TILE = 32
 NORMALISATION_RULE = "x = (raw - norm_offset) / norm_scale; norm_scale = percentile(raw - norm_offset)"
@@ -250,6 +255,23 @@ def _free_bytes(device: jax.Device) -> int | None:
         return None
 
 
+def pattern_summary(image_pattern) -> dict[str, Any]:
+    """The image-level pattern estimate in the terms of a SIM user: per angle, period (camera
+    pixels), orientation (degrees), phase at the reference point and the band-match strength."""
+    est, (cy, cx) = image_pattern
+    k = np.asarray(est.k[0], np.float64)
+    return {
+        "reference_point_px": [float(cy), float(cx)],
+        "angles": [
+            {"period_px": float(1.0 / np.hypot(*kk)),
+             "orientation_deg": float(np.degrees(np.arctan2(kk[0], kk[1])) % 180.0),
+             "k_cycles_per_px": [float(kk[0]), float(kk[1])],
+             "phase_rad": float(est.phase[0][a]), "band_match": float(est.contrast[0][a])}
+            for a, kk in enumerate(k)
+        ],
+    }
+
+
 class TiledPredictor:
     """A trained network applied to normalised stacks of any size ``(F, H, W)``.
 
@@ -293,9 +315,12 @@ class TiledPredictor:
         graphdef, _ = nnx.split(self._net)
 
         @jax.jit
-        def forward(state, x):
-            out = predict(nnx.merge(graphdef, state), x, self.uq)
+        def forward(state, x, pattern):
+            out = predict(nnx.merge(graphdef, state), x, self.uq, pattern)
             return {k: out[k] for k in keys if k in out}
+
+        self._estimate = (jax.jit(lambda x: model.estimate_pattern(x))
+                          if getattr(model, "lp_mode", "free") == "parametric" else None)
 
         @jax.jit
         def record(state, x):
@@ -315,6 +340,33 @@ class TiledPredictor:
                 "blend": "separable raised-cosine ramps over the overlap; means: weighted mean; "
                          "std maps: sqrt of the weighted mean of variances"}
 
+    def image_pattern(self, x: np.ndarray) -> tuple[PatternEstimate, tuple[float, float]] | None:
+        """The pattern estimate of the whole image ``(F, H, W)`` (a centred crop of at most
+        :data:`PATTERN_CROP` pixels per side: plenty for sub-bin accuracy) and the point its phase
+        refers to, in image pixels; ``None`` for a free light pattern."""
+        if self._estimate is None:
+            return None
+        _, h, w = x.shape
+        ch, cw = min(h, PATTERN_CROP), min(w, PATTERN_CROP)
+        y0, x0 = (h - ch) // 2, (w - cw) // 2
+        est = jax.device_get(self._estimate(jnp.asarray(x[None, :, y0:y0 + ch, x0:x0 + cw])))
+        return PatternEstimate(*(np.asarray(a) for a in est)), (y0 + ch / 2.0, x0 + cw / 2.0)
+
+    @staticmethod
+    def tile_patterns(image_pattern, grid: TileGrid, idx: list[int]) -> PatternEstimate:
+        """The image-level pattern for tiles ``idx``: its reference point given relative to each
+        tile's centre, so that every tile draws the same pattern and pattern variance."""
+        est, (cy, cx) = image_pattern
+        origins = grid.origins()
+        top, left = grid.pad
+        centres = np.asarray([(y0 - top + grid.tile / 2.0, x0 - left + grid.tile / 2.0)
+                              for y0, x0 in (origins[i] for i in idx)])  # (n, 2)
+        n = len(idx)
+        return PatternEstimate(
+            jnp.asarray(np.repeat(est.k, n, axis=0)), jnp.asarray(np.repeat(est.phase, n, axis=0)),
+            jnp.asarray(np.repeat(est.contrast, n, axis=0)),
+            jnp.asarray(np.asarray([cy, cx])[None] - centres, jnp.float32))
+
     def _batches(self, padded: np.ndarray, grid: TileGrid, batch: int):
         """``(tile indices, (batch, F, t, t) tiles)``; the last batch is padded by repetition so
         one compiled shape serves every batch."""
@@ -323,7 +375,7 @@ class TiledPredictor:
             tiles = extract_tiles(padded, grid, idx)
             if len(idx) < batch:
                 tiles = np.concatenate([tiles, np.repeat(tiles[-1:], batch - len(idx), 0)])
-            yield idx, jnp.asarray(tiles)
+            yield idx + [idx[-1]] * (batch - len(idx)), jnp.asarray(tiles)
 
     def context_sample(self, grid: TileGrid) -> tuple[TileGrid, list[int]]:
         """The statistics tiles: a non-overlapping grid of squares of side ``min(image,
@@ -369,13 +421,18 @@ class TiledPredictor:
                    disable=(not self.progress or grid.n_tiles <= batch) or None)
         with bar:
             stat_grid = None
+            # One pattern for the image (it is one illumination), unless each tile is its own.
+            image_pattern = self.image_pattern(x) if self.context == "image" else None
             if image_context:
                 stat_grid = self._freeze_image_context(padded, grid)
             else:
                 set_mode(self._layers, PER_INPUT)
             state = nnx.state(self._net)
-            for idx, tiles in self._batches(padded, grid, batch):
-                out = jax.device_get(self._forward(state, tiles))
+            for padded_idx, tiles in self._batches(padded, grid, batch):
+                pattern = (self.tile_patterns(image_pattern, grid, padded_idx)
+                           if image_pattern is not None else None)
+                out = jax.device_get(self._forward(state, tiles, pattern))
+                idx = list(dict.fromkeys(padded_idx))
                 for j, t in enumerate(idx):
                     y0, x0 = origins[t]
                     weight = float(tile_window(grid, y0, x0).sum())
@@ -396,7 +453,12 @@ class TiledPredictor:
         maps |= {name: total / psf_weight for name, total in psf_sum.items()}
         maps = {name: (np.sqrt(np.maximum(v, 0.0)) if _MAPS[name][1] else v).astype(np.float32)
                 for name, v in maps.items()}
-        return maps, self.tiling(grid, batch, stat_grid)
+        info = self.tiling(grid, batch, stat_grid)
+        if image_pattern is not None:
+            info["light_pattern"] = pattern_summary(image_pattern)
+        elif getattr(self._net, "lp_mode", "free") == "parametric":
+            info["light_pattern"] = "estimated per tile (context='tile')"
+        return maps, info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,6 +588,7 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
         "layout": layout, "frame_order": "angle-major: frame = 3*angle + phase",
         "model": model, "normalisation": norm.as_dict(), "tiling": tiling,
         "pattern": order[1].as_dict() if order[1] is not None else None,
+        "light_pattern": tiling.pop("light_pattern", None),
         "warnings": warnings, "maps": {},
     }
     with atomic_directory(Path(out_dir) / name) as work:

@@ -16,10 +16,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from simuq_core.config import ModelParams, UQParams
 from simuq_core.models import SIMNet, airy_prior, model_psf_size
+from simuq_core.pattern import PatternEstimate
 from simuq_core.uncertainty import (
     ObsNoiseParams,
     init_obs_noise_params,
@@ -28,7 +30,7 @@ from simuq_core.uncertainty import (
     variance_from_logvar,
 )
 
-__all__ = ["build_model", "model_spec", "predict"]
+__all__ = ["PATTERN_KEYS", "batch_pattern", "build_model", "estimate_patterns", "model_spec", "predict"]
 
 # Starting Poisson-Gaussian coefficients in normalised units (x ≈ 1 at the brightest pixels):
 # a ≈ 1 / (peak electrons), b ≈ (read noise / peak)²; learned from there.
@@ -56,6 +58,7 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
     if uq.obs_noise != "none":
         p = init_obs_noise_params(_OBS_A0, _OBS_B0)
         obs_raw = (float(p.a_raw), float(p.b_raw))
+    lp = model.light_pattern
     return SIMNet(
         n_frames=n_frames,
         rescale=model.rescale,
@@ -72,18 +75,51 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
         psf_mode=model.psf_mode,
         obs_noise_raw=obs_raw,
         backbone=model.backbone,
+        lp_mode=lp.mode,
+        n_angles=lp.n_angles,
+        otf_cutoff=2.0 * model.optics.na * model.optics.lr_pixel_nm / model.optics.wavelength_nm,
+        k_range=lp.k_range(),
+        modulation_init=lp.modulation_init,
+        logvar_init=uq.logvar_init,
         rngs=nnx.Rngs(seed),
     )
 
 
-def predict(model: SIMNet, x: jax.Array, uq: UQParams) -> dict[str, jax.Array]:
+PATTERN_KEYS = ("pattern_k", "pattern_phase", "pattern_contrast", "pattern_origin")
+
+
+def estimate_patterns(model: SIMNet, x: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The network's classical pattern estimates for frames ``x`` ``(N, F, H, W)``, as host arrays
+    under :data:`PATTERN_KEYS` (``{}`` for a free light pattern). Training computes them once per
+    split: they depend on the input only."""
+    if model.lp_mode != "parametric":
+        return {}
+    fn = jax.jit(lambda xb: model.estimate_pattern(xb))
+    parts = [jax.device_get(fn(jnp.asarray(x[i:i + batch_size])))
+             for i in range(0, len(x), batch_size)]
+    return {key: np.concatenate([np.asarray(p[j]) for p in parts])
+            for j, key in enumerate(PATTERN_KEYS)}
+
+
+def batch_pattern(batch: dict[str, jax.Array]) -> PatternEstimate | None:
+    """The precomputed :func:`estimate_patterns` entries of a batch, if present."""
+    if PATTERN_KEYS[0] not in batch:
+        return None
+    return PatternEstimate(*(batch[key] for key in PATTERN_KEYS))
+
+
+def predict(model: SIMNet, x: jax.Array, uq: UQParams,
+            pattern: PatternEstimate | None = None) -> dict[str, jax.Array]:
     """Run the network on ``x`` ``(B, F, H, W)`` and propagate its uncertainty.
+
+    ``pattern``: a precomputed pattern estimate for ``x`` (parametric light pattern; see
+    :meth:`SIMNet.estimate_pattern`), estimated by the network when omitted.
 
     Returns the network outputs plus ``emitter_var`` / ``lp_var`` / ``psf_var`` (for enabled
     targets), ``rec``, ``var_rec``, ``var_latent``, ``var_obs`` ``(B, F, H, W)`` and
     ``var_deconv`` ``(B, F, Hh, Wh)`` (variance of ``S = emitter · light_pattern``).
     """
-    out = dict(model(x))
+    out = dict(model(x, pattern))
 
     def var(name: str) -> jax.Array:
         return variance_from_logvar(out[name], uq.logvar_min, uq.logvar_max, uq.logvar_bound)

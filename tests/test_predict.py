@@ -105,7 +105,8 @@ def test_context_layers_reproduce_the_network_and_freeze_its_statistics(rng):
     model = build_model(p.model, p.uq, 9, 0)
     net, paths = with_context_layers(model)
     layers = [get_path(net, path) for path in paths]
-    assert len(paths) == 2 * (2 * p.model.depth + 1 + 1) + 2  # GroupNorms + 2 PSF heads
+    # GroupNorms + 2 PSF heads + the pattern modulation head
+    assert len(paths) == 2 * (2 * p.model.depth + 1 + 1) + 3
     x = jnp.asarray(rng.random((2, 9, 16, 16)), jnp.float32)
     call = nnx.jit(lambda m, xb: m(xb))  # (variables set inside propagate back to the module)
     ref = call(model, x)
@@ -176,6 +177,25 @@ def large_predictions(trained):
     run["tile16_per_tile"] = TiledPredictor(model, spec, 16, 8, 8, context="tile")(x)
     run["tile16_hard"] = TiledPredictor(model, spec, 16, 0, 8)(x)
     return run
+
+
+def test_image_level_pattern_estimate_is_reported_and_shared_by_the_tiles(large_predictions):
+    """The light pattern is estimated once for the image: its summary matches the simulated
+    pattern, and all tilings (same image-level estimate) draw the same pattern."""
+    truth = _stack(LARGE).pattern
+    info = large_predictions["tile16"][1]["light_pattern"]
+    assert large_predictions["tile16_per_tile"][1]["light_pattern"].startswith("estimated per tile")
+    for a, angle in enumerate(info["angles"]):
+        k = truth.k[3 * a]
+        assert angle["period_px"] == pytest.approx(1 / np.hypot(*k), rel=0.01)
+        orient = np.degrees(np.arctan2(k[0], k[1])) % 180.0
+        diff = abs(angle["orientation_deg"] - orient) % 180.0
+        assert min(diff, 180.0 - diff) < 0.5 and angle["band_match"] > 0.9
+    for name in ("tile64", "tile16", "tile16_hard"):
+        lp = large_predictions[name][0]["lp"]
+        ref = large_predictions["untiled"][0]["lp"]
+        # m is per image (frozen context); the cosine itself is identical across tilings.
+        assert np.sqrt(((lp - ref) ** 2).mean()) < 1e-3, name
 
 
 def test_tiled_prediction_matches_untiled_away_from_tile_edges(large_predictions, trained):

@@ -1,0 +1,223 @@
+"""Classical SIM pattern estimation and the parametric light pattern (DESIGN.md §1, §7, §9).
+
+The illumination of frame ``f = n_phases·a + p`` is ``l_f(x) = 1 + m_a·cos(2π k_a·x + φ_a + 2πp/P)``
+(angle-major, equal phase steps), with ``x`` in LR pixels measured from the image corner (LR pixel
+``i`` has centre ``i + 0.5``; HR pixel ``j`` of an ``r``× finer grid has centre ``(j + 0.5)/r``), as
+in :func:`simuq_core.physics.illumination_patterns`.
+
+**Estimation** (what fairSIM / HiFi-SIM do, in JAX and batched): for every angle the phase-weighted
+sum ``c₊(x) = (1/P)·Σ_p D_p(x)·e^{−2πip/P}`` isolates the shifted band
+``(m/2)·e^{iφ}·h ⊛ (s·e^{2πik·x})``, and the mean ``c₀`` is the widefield image. The cross-correlation
+``X(q) = Σ_x w(x)·c₊(x)·c₀(x)·e^{−2πiq·x}`` peaks at ``q = k`` where, for a real non-negative OTF,
+``arg X(k) = φ``. ``k`` is found on a zero-padded FFT of the windowed product and refined to
+sub-bin accuracy by direct DFT evaluations on shrinking grids; ``φ`` is reported at the image
+centre ``x_c`` (``φ_c = φ + 2π k·x_c``), which decouples phase and frequency errors. The phase-step
+direction need not be known: a reversed order yields ``(−k, −φ)``, which gives the same pattern.
+
+**Variance** of the parametric pattern, to first order in independent per-angle parameter errors
+(phase ``v_φ``, modulation ``v_m``, isotropic wave vector ``v_k``)::
+
+    Var l_f(x) = m²·sin²θ_f(x)·(v_φ + 4π²·|x − x_c|²·v_k) + cos²θ_f(x)·v_m,
+    θ_f(x) = 2π k_a·(x − x_c) + φ_c,a + 2πp/P.
+
+It is exact as a per-pixel marginal (what the supervised LP metrics test); the errors it describes are
+smooth, i.e. correlated across pixels, which the diagonal propagation to ``Var(rec)`` ignores
+(DESIGN.md §5: reported, small next to the camera noise).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["PatternEstimate", "estimate_pattern", "pattern_maps", "pattern_variance"]
+
+
+class PatternEstimate(NamedTuple):
+    """Per-sample, per-angle estimates. ``k``: ``(B, A, 2)`` ``(ky, kx)`` cycles per LR pixel;
+    ``phase``: ``(B, A)`` radians at the reference point ``x_c``; ``contrast``: ``(B, A)`` the
+    normalised band match ``|ρ(k)|`` in [0, 1] (how well the bands agree: near 1 for a clear
+    pattern); ``origin``: ``(B, 2)`` the reference point relative to the input's centre, in LR
+    pixels (0 for an estimate from the input itself; a tile of a larger image refers to the
+    image's point, so that phase *and* variance are one pattern across tiles)."""
+
+    k: jax.Array
+    phase: jax.Array
+    contrast: jax.Array
+    origin: jax.Array
+
+
+TAPER = 0.0
+
+
+def _window(n: int) -> jax.Array:
+    """Tukey window (cosine tapers over a quarter of the length at each end)."""
+    t = (jnp.arange(n) + 0.5) / n
+    edge = TAPER
+    if edge <= 0:
+        return jnp.ones(n)
+    ramp = 0.5 * (1.0 - jnp.cos(jnp.pi * jnp.minimum(t, 1.0 - t) / edge))
+    return jnp.where((t < edge) | (t > 1.0 - edge), ramp, 1.0)
+
+
+def airy_otf(f: jax.Array, cutoff: float) -> jax.Array:
+    """Incoherent OTF of a circular pupil at radial frequency ``f`` (cutoff ``2NA/λ``, same units)."""
+    rho = jnp.clip(jnp.abs(f) / cutoff, 0.0, 1.0)
+    return (2.0 / jnp.pi) * (jnp.arccos(rho) - rho * jnp.sqrt(1.0 - rho**2))
+
+
+def _lr_otf(fy: jax.Array, fx: jax.Array, cutoff: float) -> jax.Array:
+    """OTF of the camera image: Airy OTF × the LR pixel's box integration (cycles per LR pixel)."""
+    return airy_otf(jnp.sqrt(fy**2 + fx**2), cutoff) * jnp.sinc(fy) * jnp.sinc(fx)
+
+
+def _band_match(c_plus_spec, c0, otf, fy, fx, qy, qx, cutoff, xc, dc_radius):
+    """Normalised OTF-weighted overlap of the shifted band with the widefield band moved by ``q``.
+
+    For candidate ``q`` ``(B, A, N)``: ``a(f) = C₊(f)·H(f − q)``, ``b(f) = C₀(f − q)·H(f)`` (both
+    ``H(f)H(f−k)S(f−k)`` at ``q = k``), returns ``⟨a, b⟩ / (‖a‖·‖b‖)`` ``(B, A, N)`` complex: its
+    modulus peaks at 1 at ``q = k`` without the OTF bias of a plain cross-correlation, and its
+    argument is the pattern phase at ``xc``.
+    """
+    h, w = c0.shape[-2:]
+    y = jnp.arange(h, dtype=jnp.float32) + 0.5 - xc[0]
+    x = jnp.arange(w, dtype=jnp.float32) + 0.5 - xc[1]
+    ramp = jnp.exp(2j * jnp.pi * (qy[..., None, None] * y.reshape(1, 1, 1, h, 1)
+                                  + qx[..., None, None] * x.reshape(1, 1, 1, 1, w)))
+    c0_shift = jnp.fft.fft2(c0[:, :, None] * ramp)  # C₀(f − q) on the f grid, (B, A, N, H, W)
+    fyq = fy.reshape(1, 1, 1, h, 1) - qy[..., None, None]
+    fxq = fx.reshape(1, 1, 1, 1, w) - qx[..., None, None]
+    # Leave out the widefield DC (|f − q| < dc_radius): it carries the unknown camera background,
+    # which is in C₀ but not in C₊, and would pull the peak.
+    keep = (fyq**2 + fxq**2) >= dc_radius**2
+    a = jnp.where(keep, c_plus_spec[:, :, None] * _lr_otf(fyq, fxq, cutoff), 0.0)
+    b = jnp.where(keep, c0_shift * otf.reshape(1, 1, 1, h, w), 0.0)
+    inner = (a * jnp.conj(b)).sum(axis=(-2, -1))
+    norm = jnp.sqrt((jnp.abs(a) ** 2).sum(axis=(-2, -1)) * (jnp.abs(b) ** 2).sum(axis=(-2, -1)))
+    return inner / jnp.maximum(norm, 1e-30)
+
+
+def estimate_pattern(
+    frames: jax.Array,
+    n_angles: int,
+    otf_cutoff: float,
+    k_range: tuple[float, float] = (0.08, 0.45),
+    pad: int = 4,
+    refine_steps: int = 8,
+    dc_radius: float = 0.0,
+    n_candidates: int = 3,
+) -> PatternEstimate:
+    """Estimate ``k`` and the centre phase of every angle from raw frames ``(B, F, H, W)``.
+
+    ``otf_cutoff``: ``2NA/λ`` in cycles per LR pixel. ``k_range``: the search annulus for ``|k|``
+    (cycles per LR pixel; keep the low frequencies out: there the correlation has a spurious peak
+    from the widefield band). No gradient flows through the estimate.
+    """
+    frames = jax.lax.stop_gradient(frames.astype(jnp.float32))
+    b, f, h, w = frames.shape
+    if f % n_angles:
+        raise ValueError(f"{f} frames do not split into n_angles={n_angles} angles")
+    p = f // n_angles
+    if p < 3:
+        raise ValueError(f"pattern estimation needs >= 3 phases per angle, got {p}")
+    win = (_window(h)[:, None] * _window(w)[None, :]).reshape(1, 1, 1, h, w)
+    d = frames.reshape(b, n_angles, p, h, w)
+    d = d * win
+    steps = jnp.exp(-2j * jnp.pi * jnp.arange(p) / p).reshape(1, 1, p, 1, 1)
+    c_plus = (d * steps).mean(axis=2)
+    c0 = d.mean(axis=2)
+    # Coarse: the strongest peaks of the plain cross-correlation on a zero-padded FFT (OTF-biased
+    # towards low |k| by a fraction of a bin; the refinement removes the bias). A noisy or sparse
+    # sample can make a side lobe win here, so the best ``n_candidates`` (each at least 1.5 bins
+    # from the others) are all refined and the best final match is kept.
+    ph, pw = pad * h, pad * w
+    spec = jnp.abs(jnp.fft.fft2(c_plus * c0, s=(ph, pw)))
+    cfy = jnp.fft.fftfreq(ph).reshape(ph, 1)
+    cfx = jnp.fft.fftfreq(pw).reshape(1, pw)
+    radius = jnp.sqrt(cfy**2 + cfx**2)
+    inside = (radius >= k_range[0]) & (radius <= k_range[1])
+    masked = jnp.where(inside.reshape(1, 1, ph, pw), spec, 0.0)
+    kys, kxs = [], []
+    for _ in range(n_candidates):
+        flat = masked.reshape(b, n_angles, -1).argmax(axis=-1)
+        ky, kx = cfy[:, 0][flat // pw], cfx[0][flat % pw]
+        kys.append(ky)
+        kxs.append(kx)
+        near = ((cfy.reshape(1, 1, ph, 1) - ky[..., None, None]) ** 2
+                + (cfx.reshape(1, 1, 1, pw) - kx[..., None, None]) ** 2) < (1.5 / min(h, w)) ** 2
+        masked = jnp.where(near, 0.0, masked)
+    nc = n_candidates
+    ky = jnp.stack(kys, axis=-1).reshape(b, n_angles * nc)
+    kx = jnp.stack(kxs, axis=-1).reshape(b, n_angles * nc)
+    fy = jnp.fft.fftfreq(h).reshape(h, 1)
+    fx = jnp.fft.fftfreq(w).reshape(1, w)
+    otf = _lr_otf(fy, fx, otf_cutoff)
+    c_plus_spec = jnp.repeat(jnp.fft.fft2(c_plus), nc, axis=1)
+    c0 = jnp.repeat(c0, nc, axis=1)
+    centre = (h / 2.0, w / 2.0)
+    offsets = jnp.arange(-1, 2, dtype=jnp.float32)
+    step = 1.0 / min(h, w)
+    n = n_angles * nc
+
+    def match(qy, qx):
+        return _band_match(c_plus_spec, c0, otf, fy, fx, qy, qx, otf_cutoff, centre, dc_radius)
+
+    for _ in range(refine_steps):
+        grid = (b, n, 3, 3)
+        qy = jnp.broadcast_to(ky[..., None, None] + step * offsets.reshape(1, 1, 3, 1), grid)
+        qx = jnp.broadcast_to(kx[..., None, None] + step * offsets.reshape(1, 1, 1, 3), grid)
+        qy, qx = qy.reshape(b, n, 9), qx.reshape(b, n, 9)
+        best = jnp.abs(match(qy, qx)).argmax(axis=-1)[..., None]
+        ky = jnp.take_along_axis(qy, best, axis=-1)[..., 0]
+        kx = jnp.take_along_axis(qx, best, axis=-1)[..., 0]
+        step = step / 2.0
+    final = match(ky[..., None], kx[..., None])[..., 0].reshape(b, n_angles, nc)
+    pick = jnp.abs(final).argmax(axis=-1)[..., None]
+    final = jnp.take_along_axis(final, pick, axis=-1)[..., 0]
+    ky = jnp.take_along_axis(ky.reshape(b, n_angles, nc), pick, axis=-1)[..., 0]
+    kx = jnp.take_along_axis(kx.reshape(b, n_angles, nc), pick, axis=-1)[..., 0]
+    return PatternEstimate(jnp.stack([ky, kx], axis=-1), jnp.angle(final), jnp.abs(final),
+                           jnp.zeros((b, 2), jnp.float32))
+
+
+
+def _theta(pattern: PatternEstimate, n_phases: int, shape_lr: tuple[int, int], r: int):
+    """Pattern argument ``θ_f`` on the ``r``× grid ``(B, F, Hh, Wh)`` and ``|x − x_c|²``
+    ``(B, 1, Hh, Wh)``."""
+    h, w = shape_lr
+    b, a = pattern.phase.shape
+    origin = pattern.origin.reshape(b, 2)
+    y = ((jnp.arange(h * r, dtype=jnp.float32) + 0.5) / r - h / 2.0).reshape(1, -1) - origin[:, :1]
+    x = ((jnp.arange(w * r, dtype=jnp.float32) + 0.5) / r - w / 2.0).reshape(1, -1) - origin[:, 1:]
+    ky = pattern.k[..., 0].reshape(b, a, 1, 1, 1)
+    kx = pattern.k[..., 1].reshape(b, a, 1, 1, 1)
+    steps = (2.0 * jnp.pi * jnp.arange(n_phases) / n_phases).reshape(1, 1, n_phases, 1, 1)
+    theta = (2.0 * jnp.pi * (ky * y.reshape(b, 1, 1, -1, 1) + kx * x.reshape(b, 1, 1, 1, -1))
+             + pattern.phase.reshape(b, a, 1, 1, 1) + steps)
+    dist2 = y.reshape(b, 1, -1, 1) ** 2 + x.reshape(b, 1, 1, -1) ** 2
+    return theta.reshape(b, a * n_phases, h * r, w * r), dist2
+
+
+def _per_frame(v: jax.Array, n_phases: int) -> jax.Array:
+    """``(B, A)`` per-angle values -> ``(B, A·P, 1, 1)``."""
+    return jnp.repeat(v, n_phases, axis=1)[..., None, None]
+
+
+def pattern_maps(pattern: PatternEstimate, modulation: jax.Array, n_phases: int,
+                 shape_lr: tuple[int, int], r: int) -> jax.Array:
+    """``1 + m·cos θ_f`` on the ``r``× grid: ``(B, A·P, r·H, r·W)``; ``modulation`` ``(B, A)``."""
+    theta, _ = _theta(pattern, n_phases, shape_lr, r)
+    return 1.0 + _per_frame(modulation, n_phases) * jnp.cos(theta)
+
+
+def pattern_variance(pattern: PatternEstimate, modulation: jax.Array, var_phase: jax.Array,
+                     var_modulation: jax.Array, var_k: jax.Array, n_phases: int,
+                     shape_lr: tuple[int, int], r: int) -> jax.Array:
+    """First-order variance of :func:`pattern_maps` (module docstring); variances ``(B, A)``."""
+    theta, dist2 = _theta(pattern, n_phases, shape_lr, r)
+    m = _per_frame(modulation, n_phases)
+    v_phase = _per_frame(var_phase, n_phases) + 4.0 * jnp.pi**2 * _per_frame(var_k, n_phases) * dist2
+    return (m * jnp.sin(theta)) ** 2 * v_phase + jnp.cos(theta) ** 2 * _per_frame(var_modulation,
+                                                                                 n_phases)
