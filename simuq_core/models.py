@@ -22,7 +22,8 @@ and, for the components in ``uq_targets``, *unbounded* log-variance maps predict
 from per-angle phase / modulation / wave-vector log-variances, ``pattern_logvar`` ``(B, A, 3)``,
 predicted from the pooled features and the estimator's match strength), ``psf_logvar``
 ``(B, K, K)`` (the *relative* variance of each tap: ``Var p = p² · exp(logvar)``, so a PSF
-variance can never dwarf the taps themselves, the failure of DESIGN.md §4.3), and ``obs_logvar`` ``(B, H, W)`` (a per-pixel observation-noise map on
+variance can never dwarf the taps themselves, the failure of DESIGN.md §4.3), and
+``obs_logvar`` ``(B, H, W)`` (a per-pixel observation-noise map on
 the camera grid, when ``obs_noise = poisson_gaussian_map``). Disabled targets have no head and no
 output. The bias of every head starts at ``logvar_bias`` (chosen by the caller so that the bounded
 log-variance starts at ``uq.logvar_init``).
