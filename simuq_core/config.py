@@ -185,6 +185,12 @@ class UQParams(_Strict):
         "poisson_gaussian_map",
         description="observation noise in Var(rec): none; a·rec + b; or a·rec + b + a per-pixel map",
     )
+    obs_map_window: int = Field(
+        5, ge=0, le=31,
+        description="poisson_gaussian_map: the map head also reads the log of the leave-one-out "
+        "local mean of the squared residual over this odd window (camera px; a classical local "
+        "noise estimate, without the pixel itself); 0 = decoder features only",
+    )
     nll_beta: float = Field(0.5, ge=0.0, le=1.0, description="β-NLL exponent; 0 = plain NLL")
     detach_mean_in_var: bool = Field(
         False, description="stop the mean's gradient through the variance term"
@@ -194,6 +200,8 @@ class UQParams(_Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> UQParams:
+        if self.obs_map_window and self.obs_map_window % 2 == 0:
+            raise ValueError(f"obs_map_window must be odd (or 0), got {self.obs_map_window}")
         if self.logvar_min >= self.logvar_max:
             raise ValueError(
                 f"logvar_min ({self.logvar_min}) must be < logvar_max ({self.logvar_max})"

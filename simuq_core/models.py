@@ -150,6 +150,7 @@ class SIMNet(nnx.Module):
         uq_targets: tuple[str, ...],
         obs_map: bool,
         logvar_bias: float,
+        obs_map_residual: bool = False,
         background: bool = True,
         psf_mode: str = "per_sample",
         obs_noise_raw: tuple[float, float] | None = None,
@@ -224,7 +225,12 @@ class SIMNet(nnx.Module):
                 bias_init=nnx.initializers.constant(logvar_bias), rngs=rngs)
         else:
             self.psf_logvar_hidden = self.psf_logvar_head = None
-        self.obs_logvar_head = _LogvarHead(width, 1, logvar_bias, rngs=rngs) if obs_map else None
+        # With ``obs_map_residual`` the head also reads one more channel, the log local residual
+        # energy, which needs the mean reconstruction: :func:`simuq_core.reconstruction.predict`
+        # applies it through :meth:`obs_logvar` after propagating.
+        self.obs_map_residual = bool(obs_map and obs_map_residual)
+        self.obs_logvar_head = (_LogvarHead(width + int(self.obs_map_residual), 1, logvar_bias,
+                                            rngs=rngs) if obs_map else None)
         # Unconstrained Poisson-Gaussian coefficients (a_raw, b_raw) of the camera noise model.
         self.obs_noise_raw = (
             nnx.Param(jnp.asarray(obs_noise_raw, jnp.float32)) if obs_noise_raw is not None else None
@@ -270,9 +276,17 @@ class SIMNet(nnx.Module):
         if self.psf_logvar_head is not None:
             hidden = nnx.gelu(self.psf_logvar_hidden(pooled))
             out["psf_logvar"] = self.psf_logvar_head(hidden).reshape(b, k, k)
-        if self.obs_logvar_head is not None:
+        if self.obs_logvar_head is not None and not self.obs_map_residual:
             out["obs_logvar"] = self.obs_logvar_head(feats)[..., 0]
+        elif self.obs_logvar_head is not None:
+            out["obs_features"] = feats
         return out
+
+    def obs_logvar(self, feats: jax.Array, local_energy: jax.Array) -> jax.Array:
+        """Observation-noise log-variance map ``(B, H, W)`` from the camera-grid features
+        ``(B, H, W, C)`` and the local residual energy ``(B, 1, H, W)`` (``obs_map_residual``)."""
+        log_energy = jnp.log(local_energy[:, 0, :, :, None] + 1e-12)
+        return self.obs_logvar_head(jnp.concatenate([feats, log_energy], axis=-1))[..., 0]
 
 
     def _parametric_pattern(self, x, pooled, pattern):

@@ -6,6 +6,8 @@ Variance conventions of :func:`predict` (all variances, never log-variances):
 - ``emitter_var = exp(b(emitter_logvar))``, ``lp_var = exp(b(lp_logvar))`` (absolute units);
 - ``psf_var = psf² · exp(b(psf_logvar))`` (the head predicts a *relative* tap variance);
 - ``var_rec = var_latent + a·rec + b [+ exp(b(obs_logvar))] (+ floor)`` on the camera grid,
+  where the map head may also read the leave-one-out local residual energy
+  (``uq.obs_map_window``; :func:`~simuq_core.uncertainty.local_residual_energy`),
 
 with ``b(·)`` the configured log-variance bound.
 """
@@ -25,6 +27,7 @@ from simuq_core.pattern import PatternEstimate
 from simuq_core.uncertainty import (
     ObsNoiseParams,
     init_obs_noise_params,
+    local_residual_energy,
     logvar_bias_init,
     propagate_rec_variance,
     variance_from_logvar,
@@ -69,6 +72,7 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
                              spec["model_pixel_nm"], size),
         uq_targets=tuple(uq.targets),
         obs_map=uq.obs_noise == "poisson_gaussian_map",
+        obs_map_residual=uq.obs_map_window > 0,
         logvar_bias=logvar_bias_init(uq.logvar_init, uq.logvar_min, uq.logvar_max,
                                      uq.logvar_bound),
         background=model.background,
@@ -135,6 +139,9 @@ def predict(model: SIMNet, x: jax.Array, uq: UQParams,
         raw = model.obs_noise_raw[...]
         obs_params = ObsNoiseParams(raw[0], raw[1])
     obs_map = var("obs_logvar")[:, None] if "obs_logvar" in out else None
+    # The residual-aware map needs the mean reconstruction: propagate without it, then add it
+    # (it is additive, like everything after the latent terms).
+    late_map = "obs_features" in out
     obs_mode = "none" if obs_params is None else (
         "poisson_gaussian_map" if obs_map is not None else "poisson_gaussian")
     prop = propagate_rec_variance(
@@ -151,6 +158,12 @@ def predict(model: SIMNet, x: jax.Array, uq: UQParams,
         background=out.get("background"),
         detach_mean_in_var=uq.detach_mean_in_var,
     )
-    out.update(rec=prop.rec, var_rec=prop.var_rec, var_latent=prop.var_latent,
-               var_obs=jnp.broadcast_to(prop.var_obs, prop.rec.shape), var_deconv=prop.var_deconv)
+    var_rec, var_obs = prop.var_rec, prop.var_obs
+    if late_map:
+        energy = local_residual_energy(x, prop.rec, uq.obs_map_window)
+        out["obs_logvar"] = model.obs_logvar(out.pop("obs_features"), energy)
+        obs_map = var("obs_logvar")[:, None]
+        var_rec, var_obs = var_rec + obs_map, var_obs + obs_map
+    out.update(rec=prop.rec, var_rec=var_rec, var_latent=prop.var_latent,
+               var_obs=jnp.broadcast_to(var_obs, prop.rec.shape), var_deconv=prop.var_deconv)
     return out

@@ -63,6 +63,7 @@ __all__ = [
     "logvar_bias_init",
     "mc_propagate_rec_variance",
     "obs_noise_coefficients",
+    "local_residual_energy",
     "observation_variance",
     "pooled_latent_variance",
     "product_variance",
@@ -266,6 +267,23 @@ def init_obs_noise_params(a: float = 1e-3, b: float = 1e-4, dtype=jnp.float32) -
 def obs_noise_coefficients(params: ObsNoiseParams) -> tuple[jnp.ndarray, jnp.ndarray]:
     """``(a, b) = (softplus(a_raw), softplus(b_raw))``, both ``> 0``."""
     return jax.nn.softplus(params.a_raw), jax.nn.softplus(params.b_raw)
+
+
+def local_residual_energy(x: jnp.ndarray, rec: jnp.ndarray, window: int) -> jnp.ndarray:
+    """Leave-one-out local mean of the squared residual: ``(B, 1, H, W)``.
+
+    ``L(i) = mean over frames and over the ``window × window`` neighbours j ≠ i of (x − rec)²(j)``
+    (image borders: the neighbours that exist). For independent pixel noise with a smoothly
+    varying level, ``L(i)`` estimates pixel ``i``'s residual variance without using pixel ``i``,
+    so feeding it to a variance head is not circular. No gradient flows through it.
+    """
+    if window < 3 or window % 2 == 0:
+        raise ValueError(f"window must be odd and >= 3, got {window}")
+    r2 = jax.lax.stop_gradient(((x - rec) ** 2).mean(axis=1, keepdims=True))
+    dims, strides = (1, 1, window, window), (1, 1, 1, 1)
+    summed = jax.lax.reduce_window(r2, 0.0, jax.lax.add, dims, strides, "SAME")
+    count = jax.lax.reduce_window(jnp.ones_like(r2), 0.0, jax.lax.add, dims, strides, "SAME")
+    return (summed - r2) / (count - 1.0)
 
 
 def observation_variance(
