@@ -512,3 +512,58 @@ def test_one_pass_exact_variance_equals_the_term_by_term_rules(r):
     separate = (pooled_latent_variance(vs, p, r)
                 + 0.7 * psf_uncertainty_variance(e[:, None] * lp, vs, vp, r))
     np.testing.assert_allclose(np.asarray(fused), np.asarray(separate), rtol=2e-4, atol=1e-7)
+
+
+# -- leave-one-out local residual energy (input of the observation-noise map head) -------------
+
+
+def test_local_residual_energy_is_the_leave_one_out_window_mean(rng):
+    x = rng.normal(size=(2, 3, 9, 11))
+    rec = rng.normal(size=(2, 3, 9, 11))
+    got = np.asarray(uq.local_residual_energy(jnp.asarray(x), jnp.asarray(rec), 5))
+    r2 = ((x - rec) ** 2).mean(axis=1)
+    ref = np.zeros((2, 9, 11))
+    for b in range(2):
+        for i in range(9):
+            for j in range(11):
+                win = r2[b, max(i - 2, 0):i + 3, max(j - 2, 0):j + 3]
+                ref[b, i, j] = (win.sum() - r2[b, i, j]) / (win.size - 1)
+    np.testing.assert_allclose(got[:, 0], ref, rtol=1e-5)
+
+
+def test_local_residual_energy_estimates_a_smooth_noise_level_without_the_pixel_itself(rng):
+    """Pure noise with a smooth σ map: E[L] = σ² up to the window's spatial averaging (checked
+    where σ varies slowly), and L(i) does not depend on the residual at i (zero gradient, and
+    changing x at i leaves L(i) unchanged)."""
+    h = w = 32
+    yy, xx = np.mgrid[:h, :w]
+    sigma = 0.05 * (1 + 0.5 * np.sin(2 * np.pi * yy / h))  # smooth along y only
+    n = 400
+    x = sigma * rng.normal(size=(n, 9, h, w))
+    energy = np.asarray(uq.local_residual_energy(jnp.asarray(x), jnp.zeros_like(jnp.asarray(x)), 5))
+    mean = energy.mean(axis=0)[0]
+    # Expected: the window average of σ² (exact for independent noise), rows 2..h-3 (full windows).
+    s2 = sigma**2
+    ref = np.zeros_like(s2)
+    for i in range(2, h - 2):
+        ref[i] = (s2[i - 2:i + 3].sum(axis=0) * 5 - s2[i]) / 24
+    # Each pixel of `mean` averages n·9·24 squared normals: relative sd √(2/(n·216)) ≈ 0.5 %.
+    rel = mean[2:-2, 2:-2] / ref[2:-2, 2:-2] - 1
+    assert np.abs(rel).max() < 5 * np.sqrt(2 / (n * 9 * 24))
+    x1 = x[:1].copy()
+    x1[0, :, 10, 10] += 5.0
+    moved = np.asarray(uq.local_residual_energy(jnp.asarray(x1), jnp.zeros((1, 9, h, w)), 5))
+    # (float32 cancellation of the +5 outlier in the window sum: ~1e-6 absolute; including it
+    # would add about 5²/24 ≈ 1)
+    assert moved[0, 0, 10, 10] == pytest.approx(energy[0, 0, 10, 10], abs=2e-5)
+    assert moved[0, 0, 10, 11] > energy[0, 0, 10, 11]
+    grad = jax.grad(lambda a: uq.local_residual_energy(a, jnp.zeros_like(a), 3).sum())(
+        jnp.asarray(x[:1]))
+    assert float(jnp.abs(grad).max()) == 0.0
+
+
+def test_obs_map_window_must_be_odd():
+    with pytest.raises(ValueError, match="obs_map_window must be odd"):
+        UQParams(obs_map_window=4)
+    with pytest.raises(ValueError, match="window must be odd"):
+        uq.local_residual_energy(jnp.zeros((1, 1, 4, 4)), jnp.zeros((1, 1, 4, 4)), 2)
