@@ -69,9 +69,12 @@ def test_disabled_targets_have_no_head_and_no_output(targets):
     p = tiny_params(uq={"targets": targets})
     model = build_model(p.model, p.uq, 9, 0)
     out = predict(model, jax.numpy.asarray(_x(1)), p.uq)
+    # (the parametric light pattern's variance head is ``pattern_logvar_head``)
+    heads = {"emitter": "emitter_logvar_head", "lp": "pattern_logvar_head",
+             "psf": "psf_logvar_head"}
     for comp, key in (("emitter", "emitter_var"), ("lp", "lp_var"), ("psf", "psf_var")):
         assert (key in out) == (comp in targets)
-        assert (getattr(model, f"{comp}_logvar_head") is not None) == (comp in targets)
+        assert (getattr(model, heads[comp]) is not None) == (comp in targets)
 
 
 def test_gt_norm_modes():
