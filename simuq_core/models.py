@@ -256,8 +256,8 @@ class SIMNet(nnx.Module):
         if self.lp_head is not None:
             out["light_pattern"] = f * nnx.softmax(self.lp_head(hr), axis=-1).transpose(0, 3, 1, 2)
         else:
-            out |= self._parametric_pattern(x, pooled, pattern)
-        pattern_hidden = out.pop("_pattern_hidden", None)
+            parametric, pattern_hidden = self._parametric_pattern(x, pooled, pattern)
+            out |= parametric
         k = self.psf_size
         if self.psf_mode == "per_sample":
             logits = self.psf_head(nnx.gelu(self.psf_hidden(pooled)))
@@ -302,8 +302,8 @@ class SIMNet(nnx.Module):
             "light_pattern": pattern_maps(pattern, m, n_phases, (h, w), self.rescale),
             "pattern_k": pattern.k, "pattern_phase": pattern.phase,
             "pattern_contrast": pattern.contrast, "pattern_origin": pattern.origin,
-            "pattern_modulation": m, "_pattern_hidden": hidden,
-        }
+            "pattern_modulation": m,
+        }, hidden
 
     def _pattern_logvar(self, out, hidden):
         contrast = out["pattern_contrast"]
