@@ -375,7 +375,7 @@ class TiledPredictor:
             tiles = extract_tiles(padded, grid, idx)
             if len(idx) < batch:
                 tiles = np.concatenate([tiles, np.repeat(tiles[-1:], batch - len(idx), 0)])
-            yield idx + [idx[-1]] * (batch - len(idx)), jnp.asarray(tiles)
+            yield idx, jnp.asarray(tiles)
 
     def context_sample(self, grid: TileGrid) -> tuple[TileGrid, list[int]]:
         """The statistics tiles: a non-overlapping grid of squares of side ``min(image,
@@ -428,11 +428,12 @@ class TiledPredictor:
             else:
                 set_mode(self._layers, PER_INPUT)
             state = nnx.state(self._net)
-            for padded_idx, tiles in self._batches(padded, grid, batch):
-                pattern = (self.tile_patterns(image_pattern, grid, padded_idx)
+            for idx, tiles in self._batches(padded, grid, batch):
+                # (one pattern per tile of the batch, including the repeats that pad it)
+                pattern = (self.tile_patterns(image_pattern, grid,
+                                              idx + [idx[-1]] * (len(tiles) - len(idx)))
                            if image_pattern is not None else None)
                 out = jax.device_get(self._forward(state, tiles, pattern))
-                idx = list(dict.fromkeys(padded_idx))
                 for j, t in enumerate(idx):
                     y0, x0 = origins[t]
                     weight = float(tile_window(grid, y0, x0).sum())
