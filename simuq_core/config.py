@@ -252,6 +252,12 @@ class ModelParams(_Strict):
     """The network (shared by both training stages)."""
 
     backbone: Literal["unet"] = "unet"
+    upsample: Literal["icnr", "pixel_shuffle", "resize_conv"] = Field(
+        "icnr",
+        description="camera grid -> model grid: sub-pixel convolution with ICNR init (no "
+        "checkerboard at start), plain sub-pixel convolution (the former default, ablation), or "
+        "bilinear resize + convolution",
+    )
     rescale: int = Field(2, ge=1, le=8, description="model grid = rescale x the camera grid")
     width: int = Field(32, ge=4, le=512, description="channels of the first U-Net level")
     depth: int = Field(3, ge=1, le=6, description="U-Net down-sampling levels")

@@ -89,6 +89,8 @@ def load_model(model_dir: str | Path) -> tuple[nnx.Module, dict[str, Any]]:
     spec = read_json(model_dir / "model.json")
     # Models saved before the parametric light pattern existed had the free one.
     spec["model"].setdefault("light_pattern", {"mode": "free"})
+    # ... and before the upsampling choice, the plain sub-pixel convolution (same parameters).
+    spec["model"].setdefault("upsample", "pixel_shuffle")
     model = build_model(ModelParams(**spec["model"]), UQParams(**spec["uq"]), spec["n_frames"], 0)
     state = nnx.state(model, nnx.Param)
     arrays = load_checkpoint_arrays(model_dir / "model.npz")

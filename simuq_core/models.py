@@ -117,6 +117,28 @@ def _depth_to_space(x: jax.Array, r: int) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
 
 
+UPSAMPLERS = ("icnr", "pixel_shuffle", "resize_conv")
+
+
+def icnr_init(base_init=nnx.initializers.lecun_normal(), r: int = 2):
+    """ICNR initialisation of a sub-pixel convolution (Aitken et al. 2017, arXiv:1707.02937).
+
+    The ``r²`` output channels that :func:`_depth_to_space` scatters over one ``r × r`` block share
+    one kernel at initialisation, so the first pixel shuffle is a nearest-neighbour upsampling of
+    one convolution: no checkerboard at the model-grid period to unlearn. Channel ``s·C + c`` of
+    the ``C·r²`` outputs lands at sub-pixel ``s`` of feature ``c`` (the slow index is the sub-pixel).
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        *spatial, cin, cout = shape
+        if cout % (r * r):
+            raise ValueError(f"ICNR needs output channels divisible by r² = {r * r}, got {cout}")
+        base = base_init(key, (*spatial, cin, cout // (r * r)), dtype)
+        return jnp.tile(base, (1,) * (len(shape) - 1) + (r * r,))
+
+    return init
+
+
 class _LogvarHead(nnx.Module):
     """3×3 conv + GELU + 1×1 conv on features; the last bias starts at ``bias``."""
 
@@ -155,6 +177,7 @@ class SIMNet(nnx.Module):
         psf_mode: str = "per_sample",
         obs_noise_raw: tuple[float, float] | None = None,
         backbone: str = "unet",
+        upsample: str = "icnr",
         lp_mode: str = "free",
         n_angles: int = 3,
         otf_cutoff: float = 0.33,
@@ -170,7 +193,16 @@ class SIMNet(nnx.Module):
         self.psf_mode = psf_mode
         self.backbone = BACKBONES[backbone](n_frames, width, depth, rngs=rngs)
         cb = self.backbone.bottleneck_features
-        self.to_hr = nnx.Conv(width, width * rescale**2, (3, 3), rngs=rngs)
+        if upsample not in UPSAMPLERS:
+            raise ValueError(f"upsample must be one of {UPSAMPLERS}, got {upsample!r}")
+        self.upsample = upsample
+        if upsample == "resize_conv":
+            # Resize-convolution (Odena et al. 2016): bilinear upsampling, then a 3×3 convolution.
+            self.to_hr = nnx.Conv(width, width, (3, 3), rngs=rngs)
+        else:
+            init = (icnr_init(r=rescale) if upsample == "icnr"
+                    else nnx.initializers.lecun_normal())
+            self.to_hr = nnx.Conv(width, width * rescale**2, (3, 3), kernel_init=init, rngs=rngs)
         self.hr_block = ConvBlock(width, width, rngs=rngs)
         self.emitter_head = nnx.Conv(width, 1, (1, 1), rngs=rngs)
         if lp_mode not in ("parametric", "free"):
@@ -250,7 +282,7 @@ class SIMNet(nnx.Module):
         if f != self.n_frames:
             raise ValueError(f"expected {self.n_frames} frames, got input of shape {x.shape}")
         feats, bottleneck = self.backbone(x.transpose(0, 2, 3, 1))
-        hr = self.hr_block(_depth_to_space(nnx.gelu(self.to_hr(feats)), self.rescale))
+        hr = self.hr_block(self._to_model_grid(feats))
         out = {"emitter": nnx.softplus(self.emitter_head(hr)[..., 0])}
         pooled = bottleneck.mean(axis=(1, 2))
         if self.lp_head is not None:
@@ -281,6 +313,14 @@ class SIMNet(nnx.Module):
         elif self.obs_logvar_head is not None:
             out["obs_features"] = feats
         return out
+
+    def _to_model_grid(self, feats: jax.Array) -> jax.Array:
+        """Camera-grid features ``(B, H, W, C)`` -> model-grid features ``(B, rH, rW, C)``."""
+        r = self.rescale
+        if self.upsample == "resize_conv":
+            b, h, w, c = feats.shape
+            return nnx.gelu(self.to_hr(jax.image.resize(feats, (b, r * h, r * w, c), "linear")))
+        return _depth_to_space(nnx.gelu(self.to_hr(feats)), r)
 
     def obs_logvar(self, feats: jax.Array, local_energy: jax.Array) -> jax.Array:
         """Observation-noise log-variance map ``(B, H, W)`` from the camera-grid features

@@ -64,6 +64,27 @@ def test_network_outputs_obey_their_constraints():
     assert model.emitter_logvar_head.conv.in_features == p.model.width
 
 
+@pytest.mark.parametrize("upsample", ["icnr", "pixel_shuffle", "resize_conv"])
+def test_upsampling_to_the_model_grid(upsample):
+    """ICNR starts the sub-pixel convolution as a nearest-neighbour upsampling: the r² sub-pixels
+    of every block are equal (no checkerboard at the model-grid period); the plain initialisation
+    is not, and resize-convolution has the same output shape."""
+    p = tiny_params(model={"upsample": upsample})
+    model = build_model(p.model, p.uq, 9, 0)
+    feats = jax.random.normal(jax.random.key(1), (2, 16, 16, p.model.width))
+    hr = np.asarray(model._to_model_grid(feats))
+    r = p.model.rescale
+    assert hr.shape == (2, 16 * r, 16 * r, p.model.width)
+    blocks = hr.reshape(2, 16, r, 16, r, -1)
+    spread = np.abs(blocks - blocks[:, :, :1, :, :1]).max()
+    if upsample == "icnr":
+        assert spread < 1e-6
+    else:
+        assert spread > 1e-2 * np.abs(hr).max()
+    out = predict(model, jax.numpy.asarray(_x(2)), p.uq)
+    assert np.isfinite(np.asarray(out["emitter"])).all()
+
+
 @pytest.mark.parametrize("targets", [[], ["emitter"], ["lp", "psf"]])
 def test_disabled_targets_have_no_head_and_no_output(targets):
     p = tiny_params(uq={"targets": targets})
