@@ -120,7 +120,7 @@ def _depth_to_space(x: jax.Array, r: int) -> jax.Array:
 UPSAMPLERS = ("icnr", "pixel_shuffle", "resize_conv")
 
 
-def icnr_init(base_init=nnx.initializers.lecun_normal(), r: int = 2):
+def icnr_init(base_init=None, r: int = 2):
     """ICNR initialisation of a sub-pixel convolution (Aitken et al. 2017, arXiv:1707.02937).
 
     The ``r²`` output channels that :func:`_depth_to_space` scatters over one ``r × r`` block share
@@ -128,6 +128,8 @@ def icnr_init(base_init=nnx.initializers.lecun_normal(), r: int = 2):
     one convolution: no checkerboard at the model-grid period to unlearn. Channel ``s·C + c`` of
     the ``C·r²`` outputs lands at sub-pixel ``s`` of feature ``c`` (the slow index is the sub-pixel).
     """
+
+    base_init = base_init or nnx.initializers.lecun_normal()
 
     def init(key, shape, dtype=jnp.float32):
         *spatial, cin, cout = shape
