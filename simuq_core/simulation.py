@@ -43,6 +43,7 @@ __all__ = [
     "make_psf",
     "noise_mask",
     "noise_sigma_e",
+    "noise_twin",
     "render_objects",
     "sample_rng",
     "simulate_sample",
@@ -251,6 +252,15 @@ def add_noise(
     electrons = rng.poisson(expected_e).astype(np.float64)
     electrons += gauss_std * rng.standard_normal(expected_e.shape)
     return cfg.gain_adu_per_e * electrons + cfg.offset_adu
+
+
+def noise_twin(rng: np.random.Generator, sample: SimSample, cfg: NoiseParams) -> np.ndarray:
+    """A second, independent noisy stack ``(F, H, W)`` (ADU) of the same sample: same objects,
+    pattern, PSF and noise mask, new camera noise. Two such realisations are what Fourier ring
+    correlation needs (their only difference is noise)."""
+    expected_e = (sample.clean.astype(np.float64) - cfg.offset_adu) / cfg.gain_adu_per_e
+    return add_noise(rng, np.maximum(expected_e, 0.0), sample.noise_mask.astype(np.float64),
+                     cfg).astype(np.float32)
 
 
 def normalisation_scale(raw: np.ndarray, offset: float, percentile: float) -> float:

@@ -54,6 +54,20 @@ def test_stored_sigma_is_the_exact_noise_std():
     assert (draws < cfg.noise.offset_adu).any()
 
 
+def test_noise_twin_is_an_independent_realisation_of_the_same_sample():
+    """Twin − clean has the stored σ (z² mean 1 within 5 SE of √(2/n)) and is uncorrelated with the
+    first realisation's noise (|corr| < 5/√n)."""
+    cfg = _cfg(lr_h=32, lr_w=32)
+    s = sim.simulate_sample(sim.sample_rng(0, "test", 0), cfg)
+    twin = sim.noise_twin(np.random.default_rng(1), s, cfg.noise)
+    assert twin.shape == s.raw.shape and twin.dtype == np.float32
+    n = twin.size
+    z = (twin - s.clean) / s.sigma
+    assert np.mean(z**2) == pytest.approx(1.0, abs=5 * np.sqrt(2.0 / n))
+    corr = np.corrcoef((twin - s.clean).ravel(), (s.raw - s.clean).ravel())[0, 1]
+    assert abs(corr) < 5 / np.sqrt(n)
+
+
 def test_normalised_sigma_matches_normalised_residual(tmp_path):
     cfg = _cfg()
     ds.write_dataset(cfg, tmp_path / "sim", progress=False)
