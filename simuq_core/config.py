@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simuq_core.physics import otf_cutoff_cycles_per_px
 
@@ -336,6 +336,52 @@ class PredictParams(_Strict):
     )
 
 
+class BaselineParams(_Strict):
+    """The ``baseline`` stage: classical generalised Wiener SIM (:mod:`simuq_core.baselines.wiener`)
+    with simuq's pattern estimate and the ``model`` section's optics."""
+
+    wiener_w: list[float] = Field(
+        [0.005, 0.01, 0.02, 0.05, 0.1, 0.2], min_length=1,
+        description="Wiener parameter candidates; the one with the best val-split PSNR is used",
+    )
+    apodization: Literal["none", "triangle", "cosbell", "otf"] = "triangle"
+    apodization_cutoff: float = Field(1.0, gt=0.0, le=2.0,
+                                      description="fraction of the extended support 2NA/λ + |k|")
+    apodization_bend: float = Field(1.0, gt=0.0, le=4.0)
+    attenuation_strength: float = Field(0.0, ge=0.0, le=1.0, description="OTF notch depth; 0 = off")
+    attenuation_fwhm: float = Field(0.075, gt=0.0, description="notch FWHM, cycles per camera px")
+    edge_taper: float = Field(3.0, ge=0.0, description="border fade width, camera px")
+
+    @field_validator("wiener_w")
+    @classmethod
+    def _positive_w(cls, v: list[float]) -> list[float]:
+        if any(w <= 0 for w in v):
+            raise ValueError(f"every Wiener parameter must be > 0, got {v}")
+        return v
+
+
+class QualityParams(_Strict):
+    """The ``quality`` stage: every reconstruction scored side by side on larger simulated stacks
+    (the ``simulate`` instrument and objects, ``size``² camera pixels)."""
+
+    seed: int = Field(1, ge=0)
+    n_samples: int = Field(8, ge=1, le=256, description="scored stacks per photon level")
+    n_val: int = Field(4, ge=1, le=256,
+                       description="further stacks per level on which the Wiener parameter is chosen")
+    size: int = Field(128, ge=16, le=2048, description="camera pixels per side")
+    photon_factors: list[float] = Field(
+        [1.0, 0.1], min_length=1, description="photon budgets relative to simulate.noise"
+    )
+    n_panel: int = Field(1, ge=0, le=8, description="samples drawn in the figure panel")
+
+    @field_validator("photon_factors")
+    @classmethod
+    def _positive_factors(cls, v: list[float]) -> list[float]:
+        if any(f <= 0 for f in v) or len(set(v)) != len(v):
+            raise ValueError(f"photon factors must be distinct and > 0, got {v}")
+        return v
+
+
 class Params(_Strict):
     """The whole ``params.yaml``: one section per stage, plus the shared sections."""
 
@@ -347,6 +393,8 @@ class Params(_Strict):
     export_debug: ExportDebugParams = ExportDebugParams()
     calibrate: CalibrateParams = CalibrateParams()
     predict: PredictParams = PredictParams()
+    baseline: BaselineParams = BaselineParams()
+    quality: QualityParams = QualityParams()
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "read_tiff",
     "write_json",
     "write_npz",
+    "write_text",
     "write_tiff",
 ]
 
@@ -99,6 +100,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Pretty, key-sorted JSON written atomically."""
     with _atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temporary name, then rename)."""
+    with _atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def read_json(path: str | os.PathLike) -> Any:
