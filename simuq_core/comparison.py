@@ -247,11 +247,14 @@ def compare_methods(bench: BenchmarkSet, val: BenchmarkSet, model: ModelParams, 
         twins[name] = _network(predictor, bench.x_twin)
     cutoff_lr = otf_cutoff_cycles_per_px(sim.psf.na, sim.psf.wavelength_nm, sim.psf.lr_pixel_nm)
     k_pattern = np.linalg.norm(bench.k_true, axis=-1).mean() / r
+    # Where each method can carry noise (and so information): the bilinear widefield up to the
+    # camera Nyquist, everything else up to the SIM support 2NA/λ + |k| (FRC and decorrelation
+    # beyond a method's band see window leakage / interpolation, not resolution).
+    support = min(0.5, (cutoff_lr + np.linalg.norm(bench.k_true, axis=-1).max()) / r)
+    band = {name: support for name in images} | {"widefield": 0.5 / r}
     table = quality_table(images, bench.gt, k_wf=cutoff_lr / r, k_pattern=float(k_pattern),
                           pixel_nm=sim.psf.lr_pixel_nm / r, second=twins,
-                          # the bilinear widefield is smooth on the model grid: its noise is white
-                          # only on the camera grid, where decorrelation analysis must stop
-                          decorr_max_freq={"widefield": 0.5 / r})
+                          decorr_max_freq={"widefield": 0.5 / r}, frc_max_freq=band)
     for name, img in {**images, "gt": bench.gt}.items():
         table.setdefault(name, {})["checkerboard"] = checkerboard_index(img, r)
     # Pattern estimate vs truth (sign of k is a convention: compare ±k)

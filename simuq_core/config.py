@@ -344,13 +344,13 @@ class BaselineParams(_Strict):
         [0.005, 0.01, 0.02, 0.05, 0.1, 0.2], min_length=1,
         description="Wiener parameter candidates; the one with the best val-split PSNR is used",
     )
-    apodization: Literal["none", "triangle", "cosbell", "otf"] = "triangle"
+    apodization: Literal["none", "triangle", "cosbell", "otf"] = "cosbell"
     apodization_cutoff: float = Field(1.0, gt=0.0, le=2.0,
                                       description="fraction of the extended support 2NA/λ + |k|")
     apodization_bend: float = Field(1.0, gt=0.0, le=4.0)
     attenuation_strength: float = Field(0.0, ge=0.0, le=1.0, description="OTF notch depth; 0 = off")
     attenuation_fwhm: float = Field(0.075, gt=0.0, description="notch FWHM, cycles per camera px")
-    edge_taper: float = Field(3.0, ge=0.0, description="border fade width, camera px")
+    edge_taper: float = Field(0.0, ge=0.0, description="border fade width, camera px")
 
     @field_validator("wiener_w")
     @classmethod

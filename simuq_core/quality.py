@@ -358,7 +358,8 @@ def frc_curve(img1: np.ndarray, img2: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.arange(n_rings) * step, curve
 
 
-def frc_resolution(img1: np.ndarray, img2: np.ndarray, pixel_nm: float) -> FRCResult:
+def frc_resolution(img1: np.ndarray, img2: np.ndarray, pixel_nm: float,
+                   max_freq: float = 0.5) -> FRCResult:
     """Resolution from the Fourier ring correlation of two independent noise realisations.
 
     The two images must be reconstructions of the same sample from independently noisy inputs
@@ -371,11 +372,18 @@ def frc_resolution(img1: np.ndarray, img2: np.ndarray, pixel_nm: float) -> FRCRe
     ----------
     img1, img2 : ``(H, W)`` each (loop over a batch outside).
     pixel_nm : pixel size of their grid.
+    max_freq : the highest frequency (cycles/px) searched; without a crossing below it the result
+        is ``pixel_nm / max_freq`` with ``crossed = False`` (a bound). An image up-sampled from a
+        coarser grid, or band-limited by construction (Wiener SIM's apodised support), has no noise
+        beyond its band; there the Hann window's leakage of the shared signal, identical in both
+        realisations, keeps the curve near 1, so the search must stop at the band edge.
     """
     freq, curve = frc_curve(img1, img2)
-    below = np.flatnonzero(np.nan_to_num(curve[1:], nan=-1.0) < FRC_THRESHOLD) + 1
+    searched = curve[1:].copy()
+    searched[freq[1:] > max_freq] = np.inf
+    below = np.flatnonzero(np.nan_to_num(searched, nan=-1.0) < FRC_THRESHOLD) + 1
     if not below.size:
-        return FRCResult(2.0 * pixel_nm, freq, curve, False)
+        return FRCResult(float(pixel_nm / min(max_freq, 0.5)), freq, curve, False)
     i = int(below[0])
     # ring 0 holds only the (removed) mean: the curve starts at 1 by convention
     c0 = 1.0 if i == 1 else curve[i - 1]
@@ -555,6 +563,7 @@ def quality_table(
     pixel_nm: float,
     second: Mapping[str, np.ndarray] | None = None,
     decorr_max_freq: Mapping[str, float] | None = None,
+    frc_max_freq: Mapping[str, float] | None = None,
     register: bool = True,
     upsample: int = 20,
     max_shift: float = 2.0,
@@ -573,6 +582,7 @@ def quality_table(
     decorr_max_freq : ``{name: max_freq}`` for :func:`decorrelation_resolution` (cycles/px of this
         grid; default 0.5): ``0.5 / r`` for a method up-sampled ``r``× from the camera grid, such as
         the bilinear widefield.
+    frc_max_freq : ``{name: max_freq}`` for :func:`frc_resolution` (default 0.5).
     register, upsample, max_shift : registration (:func:`register_subpixel`), done once per image.
 
     Returns
@@ -604,9 +614,11 @@ def quality_table(
         }
         if second is not None and name in second:
             s3, _, _ = _pair(second[name], g3, (f"second[{name}]", "gt"))
-            frc = [frc_resolution(a, b, pixel_nm) for a, b in zip(_as_batch(images, name)[0], s3,
-                                                                  strict=True)]
-            row["frc_nm"] = _finite_mean([r.resolution_nm for r in frc if r.crossed])
+            fmax = (frc_max_freq or {}).get(name, 0.5)
+            frc = [frc_resolution(a, b, pixel_nm, fmax)
+                   for a, b in zip(_as_batch(images, name)[0], s3, strict=True)]
+            # samples that never cross count at the searched band's edge (an upper bound)
+            row["frc_nm"] = _finite_mean([r.resolution_nm for r in frc])
             row["frc_valid"] = int(sum(r.crossed for r in frc))
         table[name] = row
     return table

@@ -201,6 +201,21 @@ def test_frc_never_crossing_reports_nyquist(rng):
     np.testing.assert_allclose(res.curve[1:], 1.0)
 
 
+def test_frc_search_stops_at_the_band_edge():
+    """A pair with little noise, and only inside |f| < 0.2 (e.g. an image up-sampled 2.5×): beyond
+    the band both images hold the same shared signal, so FRC stays ≈ 1 up to Nyquist and the full
+    search reports Nyquist; searching to the band edge reports the edge as the bound."""
+    n, pixel_nm = 128, 10.0
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((n, n))
+    noise = [_band_limited(rng, n, 0.2) for _ in range(2)]
+    a, b = base + 0.1 * noise[0], base + 0.1 * noise[1]
+    full = q.frc_resolution(a, b, pixel_nm)
+    assert not full.crossed and full.resolution_nm == pytest.approx(2 * pixel_nm)
+    edge = q.frc_resolution(a, b, pixel_nm, max_freq=0.2)
+    assert not edge.crossed and edge.resolution_nm == pytest.approx(pixel_nm / 0.2)
+
+
 # ----------------------------------------------------------------------------------------------
 # Decorrelation analysis
 # ----------------------------------------------------------------------------------------------
