@@ -334,6 +334,11 @@ class PredictParams(_Strict):
     norm_offset: float | None = Field(
         None, description="camera offset subtracted first; null = read from metadata or 0"
     )
+    wiener: bool = Field(
+        False, description="also write the classical Wiener SIM image and its exact noise std "
+        "(options from the baseline section; w = its first candidate unless wiener_w is set)"
+    )
+    wiener_w: float | None = Field(None, gt=0.0, description="Wiener parameter for predict")
 
 
 class BaselineParams(_Strict):

@@ -122,6 +122,10 @@ _MAPS: dict[str, tuple[str, bool, str, str, str]] = {
     "deconv_std": ("var_deconv", True, "model", "ZYX", "std of S = emitter * lp, before the PSF"),
     "psf": ("psf", False, "psf", "YX", "PSF of the image (model grid)"),
     "psf_std": ("psf_var", True, "psf", "YX", "PSF std"),
+    # classical generalised Wiener SIM beside the network's maps (``predict.wiener``)
+    "wiener": ("wiener", False, "model", "YX", "classical Wiener SIM (normalised units)"),
+    "wiener_std": ("wiener_var", True, "model", "YX",
+                   "exact noise std of the Wiener SIM image, propagated from rec_std²"),
 }
 
 
@@ -557,8 +561,33 @@ def _stats(array: np.ndarray) -> dict[str, float]:
             "min": float(array.min()), "max": float(array.max())}
 
 
+def wiener_maps(x: np.ndarray, spec: dict[str, Any], options, rec_std: np.ndarray | None
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Classical Wiener SIM of normalised frames ``(F, H, W)`` with the model's optics and pattern
+    prior, on the model grid, and its exact noise std when the camera-noise variance is known: the
+    network's ``rec_std²`` (camera noise plus the small latent share, so a slight over-estimate).
+    Returns the maps (variances under ``*_std`` keys already square-rooted) and the pattern used."""
+    from simuq_core.baselines.wiener import reconstruct_stack, wiener_noise_variance
+
+    optics, lp = spec["model"]["optics"], spec["model"]["light_pattern"]
+    r = int(spec["model"]["rescale"])
+    rec = reconstruct_stack(x, optics["na"], optics["wavelength_nm"], optics["lr_pixel_nm"], r=r,
+                            options=options, n_angles=int(lp["n_angles"]), period_lr=lp["period_lr"],
+                            period_tolerance=lp["period_tolerance"])
+    maps = {"wiener": rec.image.astype(np.float32)}
+    if rec_std is not None:
+        var = wiener_noise_variance(np.asarray(rec_std, np.float64) ** 2, rec.k, rec.phases,
+                                    rec.modulation, rec.otf, r, options)
+        maps["wiener_std"] = np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+    period = 1.0 / np.linalg.norm(rec.k, axis=-1)
+    info = {"w": options.wiener_w, "period_px": period.tolist(),
+            "modulation": rec.modulation.tolist(), "band_match": rec.contrast.tolist()}
+    return maps, info
+
+
 def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
-                 predictor: TiledPredictor, cfg: PredictParams, model: dict[str, Any]) -> FileResult:
+                 predictor: TiledPredictor, cfg: PredictParams, model: dict[str, Any],
+                 wiener=None) -> FileResult:
     """Process one input into ``out_dir/name/`` (module docstring); errors are raised, warnings
     returned in the :class:`FileResult`."""
     t0 = time.perf_counter()
@@ -580,6 +609,10 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
     warnings += order[0]
     x, norm = normalise(raw, offset, cfg.norm_percentile, source, offset_source)
     maps, tiling = predictor(x, desc=path.name)
+    wiener_info = None
+    if wiener is not None:
+        extra, wiener_info = wiener_maps(x, spec, wiener, maps.get("rec_std"))
+        maps |= extra
 
     camera_nm = info.pixel_nm or model_pixel_nm
     pixel = {"camera": camera_nm, "model": camera_nm / predictor.rescale,
@@ -592,6 +625,8 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
         "light_pattern": tiling.pop("light_pattern", None),
         "warnings": warnings, "maps": {},
     }
+    if wiener_info is not None:
+        summary["wiener"] = wiener_info
     with atomic_directory(Path(out_dir) / name) as work:
         for map_name, array_out in maps.items():
             _, _, grid_kind, axes, description = _MAPS[map_name]
@@ -619,10 +654,12 @@ def predict_files(
     progress: bool = True,
     on_result: Callable[[FileResult], None] | None = None,
     context: str = "image",
+    wiener=None,
 ) -> PredictReport:
     """Process every input; a bad file is reported (``FileResult.ok = False``) and skipped, the
     rest are processed. Writes ``out_dir/report.json`` and returns the report. ``context``: see
-    :class:`TiledPredictor`."""
+    :class:`TiledPredictor`. ``wiener``: :class:`~simuq_core.baselines.wiener.WienerOptions` to
+    also write the classical Wiener SIM image and its noise std (:func:`wiener_maps`)."""
     out_dir = Path(out_dir)
     predictor = TiledPredictor(model, spec, tile, cfg.overlap, cfg.batch_size, progress=progress,
                                context=context)
@@ -631,7 +668,7 @@ def predict_files(
     for path, name in tqdm(list(zip(inputs, _unique_names(inputs), strict=True)), desc="predict",
                            unit="file", disable=not progress or None):
         try:
-            result = predict_file(path, out_dir, name, predictor, cfg, info)
+            result = predict_file(path, out_dir, name, predictor, cfg, info, wiener)
         except InputError as exc:
             result = FileResult(str(path), False, error=str(exc))
         except Exception as exc:  # one unexpected failure must not lose the other files

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap, camera px")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     parser.add_argument("--norm-offset", type=float, default=None, help="camera offset (ADU)")
+    parser.add_argument("--wiener", action="store_true", default=None,
+                        help="also write the classical Wiener SIM image and its noise std")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="JAX platform (default: GPU when available)")
     parser.add_argument("--context", choices=("image", "tile"), default="image",
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = {k: v for k, v in (("tile", args.tile), ("overlap", args.overlap),
                                    ("batch_size", args.batch_size),
-                                   ("norm_offset", args.norm_offset)) if v is not None}
+                                   ("norm_offset", args.norm_offset), ("wiener", args.wiener))
+                 if v is not None}
     cfg = params.predict.model_copy(update=overrides)
     setup_logging()
 
@@ -69,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     sim = params.simulate
     try:
         tile = resolve_tile(cfg.tile, spec, fallback=min(sim.lr_h, sim.lr_w))
+        wiener = None
+        if cfg.wiener:
+            from simuq_core.comparison import wiener_options
+
+            wiener = wiener_options(params.baseline, cfg.wiener_w or params.baseline.wiener_w[0])
         report = predict_files(inputs, args.out, model, spec, args.model, cfg, tile,
-                               progress=not args.quiet, context=args.context)
+                               progress=not args.quiet, context=args.context, wiener=wiener)
     except ValueError as exc:  # tile / overlap incompatible with the model
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -456,8 +456,12 @@ def test_outputs_round_trip_with_axes_and_metadata(mixed_run, trained):
                 "lp": ("ZYX", (9, 64, 64)), "lp_std": ("ZYX", (9, 64, 64)),
                 "rec": ("ZYX", (9, 32, 32)), "rec_std": ("ZYX", (9, 32, 32)),
                 "deconv_std": ("ZYX", (9, 64, 64)),
-                "psf": ("YX", (spec["psf_size"],) * 2), "psf_std": ("YX", (spec["psf_size"],) * 2)}
+                "psf": ("YX", (spec["psf_size"],) * 2), "psf_std": ("YX", (spec["psf_size"],) * 2),
+                "wiener": ("YX", (64, 64)), "wiener_std": ("YX", (64, 64))}  # predict.wiener
     assert set(summary["maps"]) == set(expected)
+    # The classical image beside the network's: its pattern is the simulated one (period 5 px).
+    assert np.allclose(summary["wiener"]["period_px"], 5.0, rtol=0.03)
+    assert summary["maps"]["wiener_std"]["min"] > 0
     for name, (axes, shape) in expected.items():
         with tifffile.TiffFile(out / "good_uint16" / f"{name}.tif") as tif:
             assert tif.is_imagej and tif.series[0].axes == axes and tif.series[0].shape == shape
