@@ -261,6 +261,10 @@ class ModelParams(_Strict):
     rescale: int = Field(2, ge=1, le=8, description="model grid = rescale x the camera grid")
     width: int = Field(32, ge=4, le=512, description="channels of the first U-Net level")
     depth: int = Field(3, ge=1, le=6, description="U-Net down-sampling levels")
+    wiener_input: bool = Field(
+        True, description="the network also reads the classical Wiener SIM image of its input "
+        "(same pattern estimate; simuq_core/baselines/wiener_jax.py)")
+    wiener_w: float = Field(0.05, gt=0.0, le=10.0, description="Wiener parameter of that input")
     psf_size: int | None = Field(None, ge=3, le=129, description="odd, model-grid px; null = auto")
     psf_mode: Literal["per_sample", "shared"] = Field(
         "per_sample", description="one PSF per sample (predicted) or one learned PSF for all"

@@ -91,6 +91,7 @@ def load_model(model_dir: str | Path) -> tuple[nnx.Module, dict[str, Any]]:
     spec["model"].setdefault("light_pattern", {"mode": "free"})
     # ... and before the upsampling choice, the plain sub-pixel convolution (same parameters).
     spec["model"].setdefault("upsample", "pixel_shuffle")
+    spec["model"].setdefault("wiener_input", False)  # ... and before the Wiener input
     model = build_model(ModelParams(**spec["model"]), UQParams(**spec["uq"]), spec["n_frames"], 0)
     state = nnx.state(model, nnx.Param)
     arrays = load_checkpoint_arrays(model_dir / "model.npz")

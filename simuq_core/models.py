@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from simuq_core.baselines.wiener_jax import wiener_sim_jax
 from simuq_core.pattern import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
 from simuq_core.physics import airy_psf, default_psf_size
 
@@ -108,6 +109,13 @@ class UNet(nnx.Module):
 
 
 BACKBONES = {"unet": UNet}
+
+
+def _space_to_depth(x: jax.Array, r: int) -> jax.Array:
+    """Inverse pixel shuffle ``(B, r·H, r·W, C) -> (B, H, W, C·r²)`` (same channel order)."""
+    b, hh, ww, c = x.shape
+    x = x.reshape(b, hh // r, r, ww // r, r, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, hh // r, ww // r, r * r * c)
 
 
 def _depth_to_space(x: jax.Array, r: int) -> jax.Array:
@@ -180,6 +188,8 @@ class SIMNet(nnx.Module):
         obs_noise_raw: tuple[float, float] | None = None,
         backbone: str = "unet",
         upsample: str = "icnr",
+        wiener_input: bool = False,
+        wiener_w: float = 0.05,
         lp_mode: str = "free",
         n_angles: int = 3,
         otf_cutoff: float = 0.33,
@@ -193,7 +203,13 @@ class SIMNet(nnx.Module):
         self.n_frames, self.rescale, self.psf_size = n_frames, rescale, psf_size
         self.uq_targets = tuple(uq_targets)
         self.psf_mode = psf_mode
-        self.backbone = BACKBONES[backbone](n_frames, width, depth, rngs=rngs)
+        # With ``wiener_input`` the network also reads the classical Wiener SIM image of its input
+        # (:func:`simuq_core.baselines.wiener_jax.wiener_sim_jax`, from the same pattern estimate):
+        # on the camera grid as r² space-to-depth channels of the U-Net input, and on the model
+        # grid as one more channel of the high-resolution block.
+        self.wiener_input, self.wiener_w = bool(wiener_input), float(wiener_w)
+        extra_lr = rescale**2 if self.wiener_input else 0
+        self.backbone = BACKBONES[backbone](n_frames + extra_lr, width, depth, rngs=rngs)
         cb = self.backbone.bottleneck_features
         if upsample not in UPSAMPLERS:
             raise ValueError(f"upsample must be one of {UPSAMPLERS}, got {upsample!r}")
@@ -205,13 +221,14 @@ class SIMNet(nnx.Module):
             init = (icnr_init(r=rescale) if upsample == "icnr"
                     else nnx.initializers.lecun_normal())
             self.to_hr = nnx.Conv(width, width * rescale**2, (3, 3), kernel_init=init, rngs=rngs)
-        self.hr_block = ConvBlock(width, width, rngs=rngs)
+        self.hr_block = ConvBlock(width + int(self.wiener_input), width, rngs=rngs)
         self.emitter_head = nnx.Conv(width, 1, (1, 1), rngs=rngs)
         if lp_mode not in ("parametric", "free"):
             raise ValueError(f"lp_mode must be 'parametric' or 'free', got {lp_mode!r}")
         if lp_mode == "parametric" and n_frames % n_angles:
             raise ValueError(f"{n_frames} frames do not split into n_angles={n_angles}")
         self.lp_mode, self.n_angles = lp_mode, n_angles
+        self.modulation_init = float(modulation_init)
         self.otf_cutoff, self.k_range = float(otf_cutoff), (float(k_range[0]), float(k_range[1]))
         free = lp_mode == "free"
         self.lp_head = (nnx.Conv(width, n_frames, (1, 1), kernel_init=nnx.initializers.normal(1e-2),
@@ -283,8 +300,18 @@ class SIMNet(nnx.Module):
         b, f, h, w = x.shape
         if f != self.n_frames:
             raise ValueError(f"expected {self.n_frames} frames, got input of shape {x.shape}")
-        feats, bottleneck = self.backbone(x.transpose(0, 2, 3, 1))
-        hr = self.hr_block(self._to_model_grid(feats))
+        inputs = x.transpose(0, 2, 3, 1)
+        wiener = None
+        if self.wiener_input:
+            if pattern is None:
+                pattern = self.estimate_pattern(x)
+            wiener = self.wiener_image(x, pattern)[..., None]  # (B, rH, rW, 1)
+            inputs = jnp.concatenate([inputs, _space_to_depth(wiener, self.rescale)], axis=-1)
+        feats, bottleneck = self.backbone(inputs)
+        hr = self._to_model_grid(feats)
+        if wiener is not None:
+            hr = jnp.concatenate([hr, wiener], axis=-1)
+        hr = self.hr_block(hr)
         out = {"emitter": nnx.softplus(self.emitter_head(hr)[..., 0])}
         pooled = bottleneck.mean(axis=(1, 2))
         if self.lp_head is not None:
@@ -315,6 +342,13 @@ class SIMNet(nnx.Module):
         elif self.obs_logvar_head is not None:
             out["obs_features"] = feats
         return out
+
+    def wiener_image(self, x: jax.Array, pattern: PatternEstimate) -> jax.Array:
+        """The Wiener SIM image the network reads, ``(B, rH, rW)`` (no gradient to the pattern)."""
+        pattern = PatternEstimate(*(jax.lax.stop_gradient(jnp.asarray(a, jnp.float32))
+                                    for a in pattern))
+        return wiener_sim_jax(x, pattern, self.modulation_init, self.otf_cutoff, self.rescale,
+                              self.wiener_w)
 
     def _to_model_grid(self, feats: jax.Array) -> jax.Array:
         """Camera-grid features ``(B, H, W, C)`` -> model-grid features ``(B, rH, rW, C)``."""

@@ -80,6 +80,8 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
         obs_noise_raw=obs_raw,
         backbone=model.backbone,
         upsample=model.upsample,
+        wiener_input=model.wiener_input,
+        wiener_w=model.wiener_w,
         lp_mode=lp.mode,
         n_angles=lp.n_angles,
         otf_cutoff=2.0 * model.optics.na * model.optics.lr_pixel_nm / model.optics.wavelength_nm,

@@ -282,8 +282,14 @@ def local_residual_energy(x: jnp.ndarray, rec: jnp.ndarray, window: int) -> jnp.
     r2 = jax.lax.stop_gradient(((x - rec) ** 2).mean(axis=1, keepdims=True))
     dims, strides = (1, 1, window, window), (1, 1, 1, 1)
     summed = jax.lax.reduce_window(r2, 0.0, jax.lax.add, dims, strides, "SAME")
-    count = jax.lax.reduce_window(jnp.ones_like(r2), 0.0, jax.lax.add, dims, strides, "SAME")
-    return (summed - r2) / (count - 1.0)
+    # How many neighbours exist at each pixel, from the static shape (NumPy at trace time: a
+    # reduce_window over a constant of ones is folded by XLA, which takes seconds at large tiles).
+    h, w = r2.shape[-2:]
+    half = window // 2
+    ny = np.minimum(np.arange(h) + half, h - 1) - np.maximum(np.arange(h) - half, 0) + 1
+    nx = np.minimum(np.arange(w) + half, w - 1) - np.maximum(np.arange(w) - half, 0) + 1
+    count = jnp.asarray((ny[:, None] * nx[None, :]).astype(np.float32))
+    return (summed - r2) / (count[None, None] - 1.0)
 
 
 def observation_variance(
