@@ -25,10 +25,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ from simuq_core.config import TrainParams
 from simuq_core.io import _atomic_file, read_json, write_json, write_npz
 
 __all__ = [
+    "BatchSource",
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
@@ -59,6 +60,21 @@ Batch = dict[str, np.ndarray]
 Objective = Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array],
                      tuple[jax.Array, dict[str, jax.Array]]]
 Evaluator = Callable[[nnx.Module], dict[str, float]]
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """Batches produced on demand instead of in-memory arrays (e.g. crops streamed from disk,
+    :class:`simuq_core.raw_data.CropStream`).
+
+    ``steps_per_epoch``: batches per epoch; ``epoch_batches(epoch)`` yields them (each a
+    :data:`Batch` with ``batch_size`` samples), deterministically for the epoch, so ``resume``
+    reproduces an uninterrupted run.
+    """
+
+    steps_per_epoch: int
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]: ...
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,7 +153,8 @@ class TrainResult:
 
 
 class Trainer:
-    """Train ``model`` on ``train`` (a dict of equally long NumPy arrays, first axis = sample).
+    """Train ``model`` on ``train``: a dict of equally long NumPy arrays (first axis = sample),
+    or a :class:`BatchSource` that streams the batches.
 
     Parameters
     ----------
@@ -160,7 +177,7 @@ class Trainer:
         model: nnx.Module,
         objective: Objective,
         cfg: TrainParams,
-        train: Batch,
+        train: Batch | BatchSource,
         out_dir: str | Path,
         evaluator: Evaluator | None = None,
         on_debug: Callable[[nnx.Module, int, int], None] | None = None,
@@ -171,12 +188,18 @@ class Trainer:
     ):
         self.cfg = cfg
         self.train = train
-        self.n = len(next(iter(train.values())))
-        if cfg.batch_size > self.n:
-            raise ValueError(
-                f"batch_size {cfg.batch_size} exceeds the {self.n} training samples"
-            )
-        self.steps_per_epoch = self.n // cfg.batch_size  # drop the remainder: static shapes
+        if isinstance(train, BatchSource):
+            self.steps_per_epoch = int(train.steps_per_epoch)
+            self.n = self.steps_per_epoch * cfg.batch_size
+            if self.steps_per_epoch < 1:
+                raise ValueError("the batch source yields no batch per epoch")
+        else:
+            self.n = len(next(iter(train.values())))
+            if cfg.batch_size > self.n:
+                raise ValueError(
+                    f"batch_size {cfg.batch_size} exceeds the {self.n} training samples"
+                )
+            self.steps_per_epoch = self.n // cfg.batch_size  # drop the remainder: static shapes
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -273,6 +296,22 @@ class Trainer:
     def _epoch_order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.cfg.seed, epoch]).permutation(self.n)
 
+    def _epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        if isinstance(self.train, BatchSource):
+            batches = iter(self.train.epoch_batches(epoch))
+            for i in range(self.steps_per_epoch):
+                batch = next(batches, None)
+                if batch is None:
+                    raise RuntimeError(f"the batch source ended after {i} of "
+                                       f"{self.steps_per_epoch} batches in epoch {epoch}")
+                yield batch
+            return
+        order = self._epoch_order(epoch)
+        bs = self.cfg.batch_size
+        for i in range(self.steps_per_epoch):
+            idx = np.sort(order[i * bs:(i + 1) * bs])
+            yield {k: v[idx] for k, v in self.train.items()}
+
     def sync_model(self) -> nnx.Module:
         """Copy the current parameters into ``self.model`` (host-side module) and return it."""
         nnx.update(self.model, jax.device_get(self.params))
@@ -298,12 +337,10 @@ class Trainer:
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 mean_only = jnp.float32(epoch < cfg.mean_first_epochs)
-                order = self._epoch_order(epoch)
                 sums: dict[str, float] = {}
                 window: dict[str, float] = {}
-                for i in range(self.steps_per_epoch):
-                    idx = np.sort(order[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-                    batch = self._shard({k: v[idx] for k, v in self.train.items()})
+                for host_batch in self._epoch_batches(epoch):
+                    batch = self._shard(host_batch)
                     new_params, new_opt, terms = self._step_fn(
                         self.params, self.opt_state, batch, mean_only)
                     terms = {k: float(v) for k, v in jax.device_get(terms).items()}

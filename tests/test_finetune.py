@@ -1,0 +1,121 @@
+"""Fine-tuning on real raw acquisitions (simuq_core/finetune.py, stages/finetune.py): the classical
+noise estimate against known σ, the params schema, the streamed batch source in the engine, and a
+tiny end-to-end run on the shipped MT.mrc."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from simuq_core.config import parse_params
+from simuq_core.experiment import load_model, save_model
+from simuq_core.finetune import FinetuneParams, classical_noise_variance
+from simuq_core.pattern import airy_camera_otf
+from simuq_core.physics import otf_cutoff_cycles_per_px
+from simuq_core.reconstruction import build_model, model_spec
+
+REPO = Path(__file__).resolve().parents[1]
+MT = REPO / "examples" / "rdl_sim_microtubules" / "MT.mrc"
+CUTOFF = otf_cutoff_cycles_per_px(1.3, 488.0, 62.6)  # 0.334 cycles/px
+
+
+def _band_limited(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """``(n, size, size)`` bright, structured, strictly band-limited signal (Airy OTF)."""
+    otf = airy_camera_otf(CUTOFF)(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
+    sparse = (rng.random((n, size, size)) < 0.05) * rng.uniform(200, 2000, (n, size, size)) + 50.0
+    return np.real(np.fft.ifft2(np.fft.fft2(sparse) * otf))
+
+
+def _w2_mean(var: np.ndarray) -> float:
+    """The Hann-weighted mean variance the estimator targets (written out independently)."""
+    h, w = var.shape[-2:]
+    wy, wx = np.sin(np.pi * (np.arange(h) + 0.5) / h) ** 2, np.sin(np.pi * (np.arange(w) + 0.5) / w) ** 2
+    hann2 = np.outer(wy, wx) ** 2
+    return float((var * hann2).sum(axis=(-2, -1)).mean() / hann2.sum())
+
+
+@pytest.mark.parametrize("kind", ["constant", "poisson_gaussian"])
+def test_classical_noise_variance_recovers_known_sigma(kind):
+    rng = np.random.default_rng(7)
+    clean = _band_limited(rng, 9, 128)
+    if kind == "constant":
+        var = np.full_like(clean, 4.0)
+    else:  # shot noise (gain 2) + read noise 5 + a smooth patch of extra noise
+        yy, xx = np.mgrid[0:128, 0:128]
+        patch = 400.0 * np.exp(-((yy - 40) ** 2 + (xx - 80) ** 2) / (2 * 15.0**2))
+        var = 2.0 * np.clip(clean, 0, None) + 25.0 + patch
+    noisy = clean + rng.standard_normal(clean.shape) * np.sqrt(var)
+    est, n_bins = classical_noise_variance(noisy, CUTOFF)
+    truth = _w2_mean(var)
+    # Each out-of-band bin is an exponential variable (relative sd 1) and n_bins of them are
+    # independent up to the Hann window's bin correlation (variance ×2.25 in 2-D), so the relative
+    # standard error is 1.5/√n_bins (~0.5 % here); 5 standard errors, plus 1 % for the leakage of
+    # the signal's last in-band frequencies through the window.
+    tol = 5 * 1.5 / math.sqrt(n_bins) + 0.01
+    assert est == pytest.approx(truth, rel=tol)
+    # Without noise the out-of-band power is (nearly) nil: the signal does not leak into it.
+    assert classical_noise_variance(clean, CUTOFF)[0] < 0.01 * truth
+
+
+def test_classical_noise_variance_needs_an_out_of_band_region():
+    with pytest.raises(ValueError, match="under-samples"):
+        classical_noise_variance(np.zeros((1, 32, 32)), 0.7)
+
+
+def test_finetune_params_are_strict():
+    assert FinetuneParams().train_params().lr == pytest.approx(1e-4)
+    with pytest.raises(ValidationError, match="extra"):
+        FinetuneParams(learning_rate=1e-3)
+    with pytest.raises(ValidationError):
+        FinetuneParams(val_fraction=1.5)
+
+
+def _tiny_model(folder: Path) -> Path:
+    params = parse_params(yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text()))
+    model = build_model(params.model, params.uq, 9, 0)
+    spec = model_spec(params.model, params.uq, 9) | {"mode": "selfsup", "train_crop": [16, 16]}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, spec, folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_end_to_end_finetune_on_mt(tmp_path):
+    """A few steps on the shipped TIRF-SIM stack through the CLI: a loadable model with the same
+    network spec, changed parameters, and the GT-free metrics of the held-out strip."""
+    from stages.finetune import main
+
+    pre = _tiny_model(tmp_path / "pre")
+    section = {"batch_size": 4, "epochs": 2, "crops_per_epoch": 8, "crop": 16, "lr": 1e-3, "warmup_steps": 1,
+               "log_every": 1, "val_tile": 64, "max_val_tiles": 3, "num_threads": 1,
+               "optics": {"na": 1.47, "wavelength_nm": 525.0, "lr_pixel_nm": 62.6}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"finetune": section}))
+    out = tmp_path / "ft"
+    code = main(["--model", str(pre), "--input", str(MT), "--out", str(out), "--params",
+                 str(tmp_path / "params.yaml"), "--cache", str(tmp_path / "cache"), "--quiet"])
+    assert code == 0
+    model, spec = load_model(out)
+    _, spec_pre = load_model(pre)
+    assert spec["model"] == spec_pre["model"] and spec["uq"] == spec_pre["uq"]
+    assert spec["mode"] == "finetune" and spec["train_crop"] == [16, 16]
+    before = np.load(pre / "model.npz")
+    after = np.load(out / "model.npz")
+    assert set(before.files) == set(after.files)
+    assert any(not np.array_equal(before[k], after[k]) for k in before.files)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["index"]["n_acquisitions"] == 1 and metrics["train"]["steps"] == 4
+    val = metrics["finetuned"]
+    for key in ("rec_zms", "rec_coverage_68", "rec_coverage_95", "noise_std_pred", "noise_std_classical",
+                "widefield_resolution_nm", "widefield_limit_nm", "sim_limit_nm", "emitter_std_p95_over_mean"):
+        assert val[key] is not None and math.isfinite(val[key]), key
+    assert 0 <= val["rec_coverage_68"] <= val["rec_coverage_95"] <= 1
+    # MT.mrc: NA 1.47 at 525 nm (header), period ≈ 2.87 px at ≈ 0.99 of the cut-off.
+    assert val["widefield_limit_nm"] == pytest.approx(525 / (2 * 1.47))
+    assert val["sim_limit_nm"] == pytest.approx(525 / (2 * 1.47 * (1 + 0.99)), rel=0.02)
+    assert val["n_tiles"] == 3
