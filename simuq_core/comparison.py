@@ -182,6 +182,7 @@ def make_benchmark_set(sim: SimulateParams, cfg: QualityParams, photon_factor: f
     camera pixels from the ``simulate`` instrument with photon and background counts scaled by
     ``photon_factor`` (read noise unchanged). Sample ``i`` is the same scene at every level."""
     noise = sim.noise.model_copy(update={"photons": sim.noise.photons * photon_factor,
+                                         "photon_range": 1.0,
                                          "background_photons":
                                              sim.noise.background_photons * photon_factor})
     scfg = sim.model_copy(update={"lr_h": cfg.size, "lr_w": cfg.size, "noise": noise})

@@ -93,6 +93,11 @@ class NoiseParams(_Strict):
     """Camera and photon noise (DESIGN.md §7). Electrons ``e``; ADU = gain·e + offset."""
 
     photons: float = Field(200.0, gt=0.0, description="mean expected photons per LR pixel on structure")
+    photon_range: float = Field(
+        1.0, ge=1.0, le=1000.0,
+        description="per-sample photon budget drawn log-uniformly in [photons/range, photons] "
+        "(signal and background alike); 1 = every sample at `photons`",
+    )
     background_photons: float = Field(5.0, ge=0.0)
     read_noise_e: float = Field(5.0, ge=0.0)
     hetero_noise_e: float = Field(

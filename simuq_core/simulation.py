@@ -310,9 +310,14 @@ def simulate_sample(rng: np.random.Generator, cfg: SimulateParams) -> SimSample:
     na = cfg.psf.na * (1.0 + rng.uniform(-cfg.psf.na_jitter, cfg.psf.na_jitter))
     psf = make_psf(cfg.psf, cfg.hr_pixel_nm, na)
 
+    noise = cfg.noise
+    if noise.photon_range > 1.0:  # drawn only then: datasets without a range stay bit-identical
+        scale = float(np.exp(-rng.uniform(0.0, np.log(noise.photon_range))))
+        noise = noise.model_copy(update={"photons": noise.photons * scale,
+                                         "background_photons": noise.background_photons * scale})
+        cfg = cfg.model_copy(update={"noise": noise})
     expected_e, photon_scale = clean_expected_electrons(emitter, lp, psf, cfg)
     mask = noise_mask(rng, (cfg.lr_h, cfg.lr_w), cfg.noise.hetero_blobs)
-    noise = cfg.noise
     raw = add_noise(rng, expected_e, mask, noise)
     sigma = noise.gain_adu_per_e * noise_sigma_e(expected_e, mask, noise)
     clean = noise.gain_adu_per_e * expected_e + noise.offset_adu

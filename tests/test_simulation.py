@@ -54,6 +54,22 @@ def test_stored_sigma_is_the_exact_noise_std():
     assert (draws < cfg.noise.offset_adu).any()
 
 
+def test_photon_range_draws_each_sample_budget_log_uniformly():
+    """With ``photon_range = 10`` the structure photons of a sample lie in [photons/10, photons]
+    and differ between samples; the objects are those of the same seed without a range."""
+    cfg = _cfg(noise=dict(photons=200.0, photon_range=10.0))
+    got = []
+    for i in range(6):
+        s = sim.simulate_sample(sim.sample_rng(0, "train", i), cfg)
+        expected_e = (s.clean - cfg.noise.offset_adu) / cfg.noise.gain_adu_per_e
+        structure = expected_e > 0.2 * expected_e.max()
+        got.append(expected_e[structure].mean())
+        plain = sim.simulate_sample(sim.sample_rng(0, "train", i), _cfg())
+        np.testing.assert_array_equal(s.emitter, plain.emitter)
+    assert min(got) >= 20.0 * 0.99 and max(got) <= 205.0 * 1.01
+    assert max(got) / min(got) > 1.5
+
+
 def test_noise_twin_is_an_independent_realisation_of_the_same_sample():
     """Twin − clean has the stored σ (z² mean 1 within 5 SE of √(2/n)) and is uncorrelated with the
     first realisation's noise (|corr| < 5/√n)."""
