@@ -197,6 +197,12 @@ class UQParams(_Strict):
         "noise estimate, without the pixel itself); 0 = decoder features only",
     )
     nll_beta: float = Field(0.5, ge=0.0, le=1.0, description="β-NLL exponent; 0 = plain NLL")
+    frame_covariance: Literal["diagonal", "full"] = Field(
+        "diagonal",
+        description="self-supervised likelihood of the 9 residuals of a camera pixel: diagonal "
+        "(per-frame NLL) or full (the cross-frame covariance of every latent error, "
+        "simuq_core/frame_covariance.py; separates emitter from camera noise; ~2.6x the step)",
+    )
     detach_mean_in_var: bool = Field(
         False, description="stop the mean's gradient through the variance term"
     )
@@ -258,7 +264,7 @@ class ModelParams(_Strict):
 
     backbone: Literal["unet"] = "unet"
     upsample: Literal["icnr", "pixel_shuffle", "resize_conv"] = Field(
-        "icnr",
+        "resize_conv",
         description="camera grid -> model grid: sub-pixel convolution with ICNR init (no "
         "checkerboard at start), plain sub-pixel convolution (the former default, ablation), or "
         "bilinear resize + convolution",

@@ -53,6 +53,7 @@ from simuq_core.physics import box_mean_full, fft_convolve, fft_convolve_sum, me
 
 __all__ = [
     "covariance_diagonal",
+    "covariance_of_prediction",
     "frame_gaussian_nll",
     "frame_gaussian_nll_map",
     "pattern_jacobian",
@@ -408,3 +409,26 @@ def frame_gaussian_nll(
         return per_pixel.mean()
     m = jnp.asarray(mask, per_pixel.dtype)
     return (m * per_pixel).sum() / jnp.maximum(m.sum(), jnp.finfo(per_pixel.dtype).tiny)
+
+
+def covariance_of_prediction(pred: dict, n_angles: int, r: int, uq) -> jnp.ndarray:
+    """:func:`residual_covariance` of a :func:`simuq_core.reconstruction.predict` output
+    ``(B, H, W, F, F)``: its emitter, light-pattern (parametric: the coherent per-angle errors of
+    ``pattern_logvar``, ordered phase, modulation, ``|k|``; free: per-pixel ``lp_var``) and PSF
+    variances, and its camera-noise variance ``var_obs`` (which already holds the residual-aware
+    map) on the diagonal; ``uq``: the :class:`~simuq_core.config.UQParams`."""
+    jac = jac_var = var_lp = None
+    if "pattern_logvar" in pred:
+        v = jnp.exp(pred["pattern_logvar"])
+        est = PatternEstimate(pred["pattern_k"], pred["pattern_phase"], pred["pattern_contrast"],
+                              pred["pattern_origin"])
+        b, f, hh, wh = pred["light_pattern"].shape
+        jac, jac_var = pattern_jacobian(est, pred["pattern_modulation"], v[..., 0], v[..., 1],
+                                        v[..., 2], f // n_angles, (hh // r, wh // r), r)
+    elif "lp_var" in pred:
+        var_lp = pred["lp_var"]
+    return residual_covariance(
+        pred["emitter"], pred["light_pattern"], pred["psf"], r, n_angles=n_angles,
+        var_emitter=pred.get("emitter_var"), var_light_pattern=var_lp, lp_jacobian=jac,
+        lp_param_var=jac_var, var_psf=pred.get("psf_var"), psf_var_weight=uq.psf_var_weight,
+        var_obs=pred["var_obs"], var_floor=uq.var_floor, detach_mean_in_var=uq.detach_mean_in_var)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from simuq_core.config import TrainParams, UQParams
+from simuq_core.frame_covariance import covariance_of_prediction, frame_gaussian_nll
 from simuq_core.losses import aux_rec_loss, gaussian_nll
 from simuq_core.reconstruction import batch_pattern, predict
 
@@ -54,7 +55,12 @@ def selfsup_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
         x = batch["x"]
         pred = predict(model, x, uq, batch_pattern(batch))
         rec, var = pred["rec"], pred["var_rec"]
-        nll = gaussian_nll(x, rec, var, beta=uq.nll_beta, detach_mean=uq.detach_mean_in_var)
+        if uq.frame_covariance == "full":
+            # The 9 residuals of a pixel share every latent error (issue 14): their joint NLL.
+            cov = covariance_of_prediction(pred, model.n_angles, model.rescale, uq)
+            nll = frame_gaussian_nll(x - rec, cov, beta=uq.nll_beta)
+        else:
+            nll = gaussian_nll(x, rec, var, beta=uq.nll_beta, detach_mean=uq.detach_mean_in_var)
         mse = ((x - rec) ** 2).mean()
         data = mean_only * mse + (1.0 - mean_only) * nll
         terms = {"rec_nll": gaussian_nll(x, rec, var), "rec_mse": mse,
