@@ -1,23 +1,13 @@
 """The classical baseline stage's report and the side-by-side comparison (issue 12)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
 
 from simuq_core import comparison as cmp
-from simuq_core.config import parse_params
 from simuq_core.dataset import write_dataset
+from tests.test_training import tiny_params
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _params(**sections):
-    raw = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
-    for name, values in sections.items():
-        raw[name] = {**raw[name], **values}
-    return parse_params(raw)
+_params = tiny_params
 
 
 @pytest.fixture(scope="module")
