@@ -61,6 +61,16 @@ def test_dvc_repro_of_the_whole_pipeline_writes_the_reports(tmp_path, monkeypatc
             assert (cal / "curves" / f"calib_{comp}.csv").is_file()
             assert_png_not_blank(cal / "figures" / f"calib_{comp}.png")
 
+    # The classical baseline and the side-by-side comparison.
+    base = json.loads((repo / "reports" / "baseline" / "metrics.json").read_text())
+    assert {"noise_zms", "psnr_wiener", "psnr_widefield", "bias_share"} <= set(base)
+    quality = json.loads((repo / "reports" / "quality" / "metrics.json").read_text())
+    for level in ("photons_x1", "photons_x0.1"):
+        methods = quality[level]["methods"]
+        assert {"widefield", "wiener_sim", "simuq_selfsup", "simuq_sup"} <= set(methods)
+        assert all(methods[m]["psnr"] is not None for m in ("wiener_sim", "simuq_selfsup"))
+        assert_png_not_blank(repo / "reports" / "quality" / "panels" / f"{level}_0.png")
+
     # The calibration metrics are DVC metrics and the curves DVC plots.
     shown = json.loads(dvc(["metrics", "show", "--json"], repo).stdout)
     flat = json.dumps(shown)
@@ -126,7 +136,8 @@ def _check_mlflow(repo):
         assert tags["mode"] == mode and r["info"]["status"] == "FINISHED"
         metrics = {m["key"] for m in r["data"]["metrics"]}
         # training curves, test metrics, and the calibrate stage's numbers in the same run
-        assert {"loss", "test_rec_zms", "calib_rec_zms", "calib_lp_zms"} <= metrics, metrics
+        assert {"loss", "test_rec_zms", "calib_rec_zms", "calib_lp_zms",
+                f"quality_photons_x1_simuq_{mode}_psnr"} <= metrics, metrics
     for name, targets in (("only-emitter", "emitter"), ("only-lp", "lp")):
         exp_runs = [r for r in runs if any(t["key"] == "dvc_exp_name" and t["value"] == name
                                            for t in r["data"]["tags"])]
