@@ -89,6 +89,7 @@ def simulate_config(params_path: Path = ROOT / "params.yaml", size: int = LR_SIZ
     """The ``simulate`` section of ``params_path`` with the camera crop set to ``size``²."""
     raw = yaml.safe_load(Path(params_path).read_text())
     raw["simulate"]["lr_h"] = raw["simulate"]["lr_w"] = size
+    raw["simulate"]["noise"]["photon_range"] = 1.0  # the default budget for every stack
     cfg = parse_params(raw, str(params_path)).simulate
     if cfg.hr_factor % RESCALE:
         raise ValueError(f"hr_factor {cfg.hr_factor} is not a multiple of the tools' {RESCALE}x grid")

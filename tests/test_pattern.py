@@ -22,6 +22,8 @@ CUTOFF = 2 * NA * PIXEL / WAVELENGTH
 def _sim_cfg(**overrides):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["simulate"] |= overrides
+    # the tests speak of the default photon budget: every sample at it, not the training range
+    raw["simulate"]["noise"]["photon_range"] = 1.0
     return parse_params(raw).simulate
 
 
