@@ -291,21 +291,25 @@ class SIMNet(nnx.Module):
         """The classical pattern estimate this network uses for ``x`` ``(B, F, H, W)``."""
         return estimate_pattern(x, self.n_angles, self.otf_cutoff, self.k_range)
 
-    def __call__(self, x: jax.Array, pattern: PatternEstimate | None = None) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, pattern: PatternEstimate | None = None,
+                 wiener: jax.Array | None = None) -> dict[str, jax.Array]:
         """``x``: ``(B, F, H, W)`` normalised frames -> dict of components (module docstring).
 
         ``pattern``: a precomputed :meth:`estimate_pattern` for ``x`` (parametric mode; estimated
-        here when omitted).
+        here when omitted). ``wiener``: the Wiener SIM image ``(B, rH, rW)`` the network reads
+        (``wiener_input``), e.g. a tile of the whole image's (:meth:`wiener_image`); computed from
+        ``x`` here when omitted.
         """
         b, f, h, w = x.shape
         if f != self.n_frames:
             raise ValueError(f"expected {self.n_frames} frames, got input of shape {x.shape}")
         inputs = x.transpose(0, 2, 3, 1)
-        wiener = None
         if self.wiener_input:
-            if pattern is None:
-                pattern = self.estimate_pattern(x)
-            wiener = self.wiener_image(x, pattern)[..., None]  # (B, rH, rW, 1)
+            if wiener is None:
+                if pattern is None:
+                    pattern = self.estimate_pattern(x)
+                wiener = self.wiener_image(x, pattern)
+            wiener = jax.lax.stop_gradient(wiener)[..., None]  # (B, rH, rW, 1)
             inputs = jnp.concatenate([inputs, _space_to_depth(wiener, self.rescale)], axis=-1)
         feats, bottleneck = self.backbone(inputs)
         hr = self._to_model_grid(feats)

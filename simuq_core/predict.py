@@ -319,12 +319,14 @@ class TiledPredictor:
         graphdef, _ = nnx.split(self._net)
 
         @jax.jit
-        def forward(state, x, pattern):
-            out = predict(nnx.merge(graphdef, state), x, self.uq, pattern)
+        def forward(state, x, pattern, wiener):
+            out = predict(nnx.merge(graphdef, state), x, self.uq, pattern, wiener)
             return {k: out[k] for k in keys if k in out}
 
         self._estimate = (jax.jit(lambda x: model.estimate_pattern(x))
                           if getattr(model, "lp_mode", "free") == "parametric" else None)
+        self._wiener = (jax.jit(lambda x, p: model.wiener_image(x, p))
+                        if getattr(model, "wiener_input", False) else None)
 
         @jax.jit
         def record(state, x):
@@ -355,6 +357,35 @@ class TiledPredictor:
         y0, x0 = (h - ch) // 2, (w - cw) // 2
         est = jax.device_get(self._estimate(jnp.asarray(x[None, :, y0:y0 + ch, x0:x0 + cw])))
         return PatternEstimate(*(np.asarray(a) for a in est)), (y0 + ch / 2.0, x0 + cw / 2.0)
+
+    def image_wiener(self, x: np.ndarray, image_pattern, grid: TileGrid) -> np.ndarray | None:
+        """The Wiener SIM input of the whole image ``(F, H, W)``, computed once with the image's
+        pattern and reflection-padded like the frames, on the model grid ``(r·Hp, r·Wp)``: every
+        tile reads its slice (a per-tile Wiener image would differ near each tile's edges, and
+        through the global Fourier steps, everywhere)."""
+        if self._wiener is None or image_pattern is None:
+            return None
+        est, (cy, cx) = image_pattern
+        _, h, w = x.shape
+        whole = PatternEstimate(jnp.asarray(est.k), jnp.asarray(est.phase),
+                                jnp.asarray(est.contrast),
+                                jnp.asarray([[cy - h / 2.0, cx - w / 2.0]], jnp.float32))
+        image = np.asarray(jax.device_get(self._wiener(jnp.asarray(x[None]), whole)))[0]
+        r = self.rescale
+        (hp, wp), (top, left) = grid.padded, grid.pad
+        if (hp, wp) == (h, w):
+            return image
+        widths = [(r * top, r * (hp - h - top)), (r * left, r * (wp - w - left))]
+        return np.pad(image, widths, mode="reflect" if min(h, w) > 1 else "edge")
+
+    def tile_wiener(self, wiener: np.ndarray | None, grid: TileGrid, idx: list[int]):
+        """Model-grid slices ``(n, r·t, r·t)`` of :meth:`image_wiener` for tiles ``idx``."""
+        if wiener is None:
+            return None
+        r, t = self.rescale, grid.tile
+        origins = grid.origins()
+        return jnp.asarray(np.stack([wiener[r * y:r * (y + t), r * x:r * (x + t)]
+                                     for y, x in (origins[i] for i in idx)]))
 
     @staticmethod
     def tile_patterns(image_pattern, grid: TileGrid, idx: list[int]) -> PatternEstimate:
@@ -432,12 +463,14 @@ class TiledPredictor:
             else:
                 set_mode(self._layers, PER_INPUT)
             state = nnx.state(self._net)
+            wiener = self.image_wiener(x, image_pattern, grid)
             for idx, tiles in self._batches(padded, grid, batch):
                 # (one pattern per tile of the batch, including the repeats that pad it)
-                pattern = (self.tile_patterns(image_pattern, grid,
-                                              idx + [idx[-1]] * (len(tiles) - len(idx)))
+                padded_idx = idx + [idx[-1]] * (len(tiles) - len(idx))
+                pattern = (self.tile_patterns(image_pattern, grid, padded_idx)
                            if image_pattern is not None else None)
-                out = jax.device_get(self._forward(state, tiles, pattern))
+                out = jax.device_get(self._forward(state, tiles, pattern,
+                                                   self.tile_wiener(wiener, grid, padded_idx)))
                 for j, t in enumerate(idx):
                     y0, x0 = origins[t]
                     weight = float(tile_window(grid, y0, x0).sum())

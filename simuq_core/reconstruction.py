@@ -116,17 +116,20 @@ def batch_pattern(batch: dict[str, jax.Array]) -> PatternEstimate | None:
 
 
 def predict(model: SIMNet, x: jax.Array, uq: UQParams,
-            pattern: PatternEstimate | None = None) -> dict[str, jax.Array]:
+            pattern: PatternEstimate | None = None,
+            wiener: jax.Array | None = None) -> dict[str, jax.Array]:
     """Run the network on ``x`` ``(B, F, H, W)`` and propagate its uncertainty.
 
     ``pattern``: a precomputed pattern estimate for ``x`` (parametric light pattern; see
-    :meth:`SIMNet.estimate_pattern`), estimated by the network when omitted.
+    :meth:`SIMNet.estimate_pattern`), estimated by the network when omitted; ``wiener``: the
+    Wiener SIM input ``(B, rH, rW)`` of a ``wiener_input`` network (computed from ``x`` when
+    omitted; a tile of an image passes its slice of the image's, so tiles agree).
 
     Returns the network outputs plus ``emitter_var`` / ``lp_var`` / ``psf_var`` (for enabled
     targets), ``rec``, ``var_rec``, ``var_latent``, ``var_obs`` ``(B, F, H, W)`` and
     ``var_deconv`` ``(B, F, Hh, Wh)`` (variance of ``S = emitter · light_pattern``).
     """
-    out = dict(model(x, pattern))
+    out = dict(model(x, pattern, wiener) if wiener is not None else model(x, pattern))
 
     def var(name: str) -> jax.Array:
         return variance_from_logvar(out[name], uq.logvar_min, uq.logvar_max, uq.logvar_bound)

@@ -215,7 +215,8 @@ def test_tiled_prediction_matches_untiled_away_from_tile_edges(large_predictions
     # One tile is the network itself, as trained (per-input statistics).
     x, _ = normalise(_stack(LARGE).raw, 100.0, 99.9, "large")
     direct = predict(model, jnp.asarray(x[None]), UQParams(**spec["uq"]))
-    np.testing.assert_allclose(untiled["emitter"], np.asarray(direct["emitter"][0]), rtol=1e-5,
+    # (float32 round-off of two compilations of the same FFTs: a few 1e-5 at worst)
+    np.testing.assert_allclose(untiled["emitter"], np.asarray(direct["emitter"][0]), rtol=1e-4,
                                atol=1e-6)
     tiled, info = large_predictions["tile64"]
     assert info["n_tiles"] == 4 and info["context_tiles"] == {"side": LARGE, "used": 1, "of": 1}
