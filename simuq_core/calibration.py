@@ -49,6 +49,7 @@ from simuq_core.config import CalibrateParams
 from simuq_core.debug import DebugReference
 from simuq_core.evaluation import affine_align
 from simuq_core.io import _atomic_file, write_json
+from simuq_core.quality import SimBand
 
 __all__ = [
     "CURVE_COLUMNS",
@@ -68,8 +69,10 @@ N_FRACTIONS = 100
 CONFIDENCE = 0.95
 CURVE_COLUMNS = ("bin", "mean_var", "mean_sq_err", "rmv", "rmse", "count", "ci_low", "ci_high",
                  "var_low", "var_high")
-_UNITS = {"emitter": "a.u.", "lp": "relative illumination", "rec": "normalised a.u."}
-_REFERENCES = {"emitter": "GT", "lp": "GT", "rec": "raw input frames"}
+_UNITS = {"emitter": "a.u.", "emitter_band": "a.u.", "lp": "relative illumination",
+          "rec": "normalised a.u."}
+_REFERENCES = {"emitter": "GT", "emitter_band": "SIM-band-limited GT", "lp": "GT",
+               "rec": "raw input frames"}
 
 
 @dataclass(frozen=True)
@@ -87,18 +90,30 @@ class Component:
 
 
 def calibration_components(pred: Mapping[str, np.ndarray], ref: DebugReference, *,
-                           emitter_affine_fit: bool) -> dict[str, Component]:
-    """The ``emitter``, ``lp`` and ``rec`` components that have both a variance and a reference."""
-    out = {"rec": Component("rec", pred["rec"], ref.x, pred["var_rec"])}
+                           emitter_affine_fit: bool, band: SimBand | None = None,
+                           variance: str = "") -> dict[str, Component]:
+    """The ``emitter``, ``lp`` and ``rec`` components that have both a variance and a reference,
+    and, with ``band`` (the samples' SIM passbands), ``emitter_band``: emitter and GT both
+    restricted to the passband, with the variance propagated through that filter
+    (:class:`simuq_core.quality.SimBand`), i.e. the calibration of the error the raw frames can
+    see at all (issue 14).
+
+    ``variance``: which variance of an ensemble prediction (:mod:`simuq_core.epistemic`) to judge:
+    ``""`` the aleatoric part (single network), ``"_epi"`` or ``"_total"``.
+    """
+    out = {"rec": Component("rec", pred["rec"], ref.x, pred["var_rec" + variance])}
     if "emitter_var" in pred and ref.emitter is not None:
-        mean, var = pred["emitter"], pred["emitter_var"]
+        mean, var = pred["emitter"], pred["emitter_var" + variance]
         if emitter_affine_fit:
             mean, var, _ = affine_align(mean, ref.emitter, var)
             var = np.maximum(var, np.finfo(np.float64).tiny)  # a = 0 only for a constant emitter
         out["emitter"] = Component("emitter", mean, ref.emitter, var)
+        if band is not None:
+            out["emitter_band"] = Component("emitter_band", band.limit(mean), band.limit(ref.emitter),
+                                            np.maximum(band.limit_variance(var), np.finfo(np.float64).tiny))
     if "lp_var" in pred and ref.light_pattern is not None:
-        out["lp"] = Component("lp", pred["light_pattern"], ref.light_pattern, pred["lp_var"])
-    order = ("emitter", "lp", "rec")
+        out["lp"] = Component("lp", pred["light_pattern"], ref.light_pattern, pred["lp_var" + variance])
+    order = ("emitter", "emitter_band", "lp", "rec")
     return {k: out[k] for k in order if k in out}
 
 
@@ -186,7 +201,7 @@ def _write_curve_csv(path: Path, curve: m.CalibrationCurve) -> None:
 def _write_figures(fig_dir: Path, name: str, rep: ComponentReport, cfg: CalibrateParams,
                    mode: str, affine: bool) -> None:
     what = f"{name} vs {_REFERENCES[name]}"
-    if name == "emitter" and affine:
+    if name.startswith("emitter") and affine:
         what += " (affine fit per sample)"
     where = f"{mode} model, test split"
     curves = {f"test (ZMS {rep.metrics[f'{name}_zms']:.3g})": rep.curve}

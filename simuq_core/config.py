@@ -17,12 +17,14 @@ from simuq_core.physics import otf_cutoff_cycles_per_px
 
 __all__ = [
     "NoiseParams",
+    "OODParams",
     "ObjectParams",
     "Params",
     "ParamsError",
     "PsfParams",
     "CalibrateParams",
     "ExportDebugParams",
+    "FinetuneParams",
     "ModelParams",
     "PredictParams",
     "OpticsPrior",
@@ -76,15 +78,19 @@ class ObjectParams(_Strict):
     tube_diameter_nm: tuple[float, float] = (80.0, 200.0)
     ring_radius_nm: tuple[float, float] = (80.0, 250.0)
     blob_sigma_nm: tuple[float, float] = (30.0, 120.0)
+    # Dense point texture (vesicles, single molecules); off by default so the default data do not
+    # change (its draws are skipped entirely when puncta max is 0).
+    puncta: tuple[int, int] = (0, 0)
+    puncta_sigma_nm: tuple[float, float] = (15.0, 40.0)
 
     @model_validator(mode="after")
     def _ranges(self) -> ObjectParams:
-        for name in ("curves", "tubes", "rings", "blobs", "tube_diameter_nm", "ring_radius_nm",
-                     "blob_sigma_nm"):
+        for name in ("curves", "tubes", "rings", "blobs", "puncta", "tube_diameter_nm",
+                     "ring_radius_nm", "blob_sigma_nm", "puncta_sigma_nm"):
             lo, hi = getattr(self, name)
             if lo < 0 or hi < lo:
                 raise ValueError(f"{name} must be [min, max] with 0 <= min <= max, got {[lo, hi]}")
-        if max(self.curves[1], self.tubes[1], self.rings[1], self.blobs[1]) == 0:
+        if max(self.curves[1], self.tubes[1], self.rings[1], self.blobs[1], self.puncta[1]) == 0:
             raise ValueError("at least one object kind needs max > 0 (the sample would be empty)")
         return self
 
@@ -281,6 +287,9 @@ class ModelParams(_Strict):
         "per_sample", description="one PSF per sample (predicted) or one learned PSF for all"
     )
     background: bool = Field(True, description="predict a smooth additive background")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=0.9, description="dropout rate of decoder / bottleneck / model-grid features "
+        "in training; > 0 enables MC-dropout epistemic uncertainty (simuq_core/epistemic.py)")
     optics: OpticsPrior = OpticsPrior()
     light_pattern: LightPatternParams = LightPatternParams()
 
@@ -402,6 +411,139 @@ class QualityParams(_Strict):
         return v
 
 
+class EpistemicParams(_Strict):
+    """Epistemic uncertainty and the out-of-distribution check (``epistemic`` section; read by the
+    ``epistemic`` report stage and by ``predict``)."""
+
+    n_samples: int = Field(
+        8, ge=2, le=256, description="MC-dropout forward passes per model (a model trained without "
+        "dropout contributes one deterministic member; an ensemble pools every member's passes)")
+    seed: int = Field(0, ge=0, description="seeds the dropout masks")
+    ood_percentile: float = Field(
+        99.0, gt=50.0, lt=100.0, description="an input whose OOD score exceeds this percentile of "
+        "the in-distribution val split is flagged")
+    n_figure_samples: int = Field(3, ge=1, le=16, description="OOD samples in the figure")
+
+
+class FinetuneParams(_Strict):
+    """The ``finetune`` section: self-supervised fine-tuning of a trained model on real raw
+    acquisitions (:mod:`simuq_core.finetune`; ``pipelines/real/params.yaml``)."""
+
+    inputs: list[str] = Field(
+        default_factory=list, description="raw stacks (TIFF / OME / MRC / DV): files, folders or "
+        "globs relative to the repo root; the stage's --input overrides")
+    seed: int = Field(0, ge=0, description="crop plan, validation split")
+    batch_size: int = Field(8, ge=1, le=4096, description="crops per step (all processes)")
+    epochs: int = Field(10, ge=1, le=100000)
+    crops_per_epoch: int = Field(512, ge=1, description="random crops drawn per epoch")
+    crop: int | None = Field(None, ge=8, le=4096,
+                             description="crop side, camera px; null = the model's training crop")
+    lr: float = Field(1e-4, gt=0.0, lt=1.0, description="lower than training: the model is trained")
+    weight_decay: float = Field(1e-4, ge=0.0, lt=1.0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    mean_first_epochs: int = Field(0, ge=0, description="mean-only epochs first (the model has a mean)")
+    log_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, le=100)
+    resume: bool = False
+    psf_prior_weight: float = Field(1.0, ge=0.0)
+    lp_smooth_weight: float = Field(0.0, ge=0.0)
+    optics: OpticsPrior | None = Field(
+        None, description="the acquisitions' microscope (NA, emission λ, pixel) for the blind pattern "
+        "search and the resolution limits; null = the model's optics. A file's own pixel size and "
+        "emission wavelength win when it records them")
+    period_hint: float | None = Field(None, gt=2.0, lt=100.0,
+                                      description="expected pattern period (camera px); null = blind")
+    frame_order: Literal["angle_major", "phase_major"] = "angle_major"
+    norm_offset: float | None = Field(None, description="camera offset; null = TIFF metadata, else 0")
+    norm_percentile: float = Field(99.9, gt=50.0, le=100.0)
+    strict: bool = Field(False, description="stop at the first bad file instead of skipping it")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="held-out share of the acquisitions")
+    val_files: list[str] = Field(default_factory=list, description="held-out files (overrides the fraction)")
+    val_block_fraction: float = Field(0.25, gt=0.0, lt=1.0,
+                                      description="single acquisition: held-out strip, share of the width")
+    val_tile: int = Field(64, ge=8, le=1024, description="side of the validation tiles (camera px)")
+    max_val_tiles: int = Field(16, ge=1, le=4096)
+    noise_band_margin: float = Field(1.15, ge=1.0, le=2.0,
+                                     description="noise estimate from |f| > margin × OTF cut-off")
+    num_threads: int = Field(2, ge=0, le=64, description="crop reader threads (0: inline)")
+    prefetch: int = Field(16, ge=1, le=4096, description="crops read ahead")
+
+    def train_params(self) -> TrainParams:
+        """The engine's settings (no debug artefacts: there is no ground truth to show)."""
+        return TrainParams(seed=self.seed, batch_size=self.batch_size, epochs=self.epochs, lr=self.lr,
+                           weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
+                           grad_clip=self.grad_clip, mean_first_epochs=self.mean_first_epochs,
+                           log_every=self.log_every, debug_every_epochs=self.epochs,
+                           keep_checkpoints=self.keep_checkpoints, resume=self.resume,
+                           psf_prior_weight=self.psf_prior_weight, lp_smooth_weight=self.lp_smooth_weight)
+
+
+def _default_ood_shifts() -> dict[str, dict[str, Any]]:
+    """The default OOD shifts (partial ``simulate`` overrides), one per axis a real user meets."""
+    return {
+        # Smooth objects only: no filaments, tubes or rings; blobs 150-400 nm (training: 30-120 nm).
+        "objects_blobs": {"objects": {"curves": [0, 0], "tubes": [0, 0], "rings": [0, 0],
+                                      "blobs": [2, 8], "blob_sigma_nm": [150.0, 400.0]}},
+        # Dense texture: ~4x the filaments, tubes and rings, plus 150-300 sub-diffraction puncta
+        # (a kind absent from training; ~40-75 dots per µm² at the default 2 µm crop).
+        "objects_dense": {"objects": {"curves": [12, 24], "tubes": [2, 6], "rings": [3, 8],
+                                      "puncta": [150, 300]}},
+        # Gaussian PSF 1.3x as wide as the default Airy PSF (FWHM 0.5145 λ/NA = 193.1 nm at NA 1.3,
+        # λ 488 nm; 1.3 x 193.1 = 251 nm): wrong shape and wrong width for the model's prior.
+        "psf_gaussian": {"psf": {"kind": "gaussian", "gaussian_fwhm_nm": 251.0}},
+        # Lower NA objective (1.1 instead of 1.3): Airy PSF 18% wider, OTF cut-off 15% lower.
+        "psf_na": {"psf": {"na": 1.1}},
+        # Finer pattern (period 4 instead of 5 camera px; still inside the model's period search
+        # window 5 x (1 ± 0.3)) with a weaker modulation 0.5 instead of 0.8.
+        "pattern": {"pattern_period_lr": 4.0, "pattern_k_frac": None, "modulation": 0.5},
+        # 10x fewer photons than the dimmest training sample (training: log-uniform 20-200 photons,
+        # background scaled alike, 0.5-5): 2 photons on structure, background 0.05, no range.
+        "photons_low": {"noise": {"photons": 2.0, "photon_range": 1.0, "background_photons": 0.05}},
+        # Every shift at once. Blobs and dense texture merge as large blobs under dense filaments and
+        # puncta; the PSF is Gaussian at 1.3x the Airy FWHM of the NA 1.1 objective
+        # (1.3 x 228.2 nm = 297 nm), so the lower NA also widens it.
+        "all": {
+            "objects": {"curves": [12, 24], "tubes": [2, 6], "rings": [3, 8], "blobs": [1, 4],
+                        "blob_sigma_nm": [150.0, 400.0], "puncta": [150, 300]},
+            "psf": {"kind": "gaussian", "na": 1.1, "gaussian_fwhm_nm": 297.0},
+            "pattern_period_lr": 4.0, "pattern_k_frac": None, "modulation": 0.5,
+            "noise": {"photons": 2.0, "photon_range": 1.0, "background_photons": 0.05},
+        },
+    }
+
+
+class OODParams(_Strict):
+    """The ``ood`` section: test splits shifted away from the training distribution
+    (:mod:`simuq_core.ood`). Each shift is a partial ``simulate`` override merged recursively over
+    the ``simulate`` section; the camera geometry and the split sizes stay those of ``simulate``
+    / ``ood`` so a trained model runs on every split."""
+
+    seed: int = Field(1000, ge=0, description="OOD objects differ from the in-distribution test split")
+    n_test: int = Field(32, ge=1, le=100000, description="samples per OOD split")
+    shifts: dict[str, dict[str, Any]] = Field(
+        default_factory=_default_ood_shifts,
+        description="shift name (folder name) -> partial simulate override",
+    )
+
+    @field_validator("shifts")
+    @classmethod
+    def _shift_names_and_fixed_keys(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # Fixed here (not only when the OOD stage resolves the shifts), so `-S` typos fail early.
+        fixed = {"lr_h": "camera geometry", "lr_w": "camera geometry", "hr_factor": "camera geometry",
+                 "n_angles": "frame layout", "n_phases": "frame layout", "seed": "set by ood.seed",
+                 "n_test": "set by ood.n_test", "n_samples": "only the test split is simulated",
+                 "n_val": "only the test split is simulated"}
+        for name, override in v.items():
+            if not name or not name.isascii() or not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"shift name {name!r} must be a folder name: letters, digits, _ or -")
+            if bad := sorted(set(override) & set(fixed)):
+                raise ValueError(
+                    f"ood.shifts.{name}.{bad[0]} cannot be shifted ({fixed[bad[0]]}: a model trained "
+                    "on the simulate section must run on every OOD split)")
+        return v
+
+
 class Params(_Strict):
     """The whole ``params.yaml``: one section per stage, plus the shared sections."""
 
@@ -415,6 +557,9 @@ class Params(_Strict):
     predict: PredictParams = PredictParams()
     baseline: BaselineParams = BaselineParams()
     quality: QualityParams = QualityParams()
+    finetune: FinetuneParams = FinetuneParams()
+    epistemic: EpistemicParams = EpistemicParams()
+    ood: OODParams = OODParams()
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

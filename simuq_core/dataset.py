@@ -17,6 +17,7 @@ The loader normalises ``x = (raw - norm_offset) / norm_scale`` and the true nois
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,19 +46,31 @@ def _split_sizes(cfg: SimulateParams) -> dict[str, int]:
     return {"train": cfg.n_samples, "val": cfg.n_val, "test": cfg.n_test}
 
 
-def write_dataset(cfg: SimulateParams, out_dir: str | os.PathLike, progress: bool = True) -> dict:
+def write_dataset(
+    cfg: SimulateParams,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    *,
+    sizes: Mapping[str, int] | None = None,
+) -> dict:
     """Simulate every split and write it to ``out_dir`` atomically; return the manifest.
 
     The folder appears only once complete: an interrupted run leaves the previous dataset (if any)
-    in place. Sample ``i`` of a split depends only on ``(seed, split, i)``.
+    in place. Sample ``i`` of a split depends only on ``(seed, split, i)``. ``sizes`` (split ->
+    count, e.g. ``{"test": 32}``) writes only those splits; default: ``n_samples``, ``n_val``,
+    ``n_test`` of ``cfg``.
     """
-    sizes = _split_sizes(cfg)
+    if sizes is None:
+        sizes = _split_sizes(cfg)
+    elif unknown := set(sizes) - set(SPLITS):
+        raise ValueError(f"sizes: unknown split(s) {sorted(unknown)}; expected some of {SPLITS}")
+    sizes = {split: int(sizes[split]) for split in SPLITS if split in sizes}
     lr_um = cfg.psf.lr_pixel_nm / 1000.0
     hr_um = lr_um / cfg.hr_factor
     with atomic_directory(out_dir) as work, tqdm(
         total=sum(sizes.values()), desc="simulate", unit="sample", disable=not progress or None
     ) as bar:
-        for split in SPLITS:
+        for split in sizes:
             for i in range(sizes[split]):
                 bar.set_postfix_str(split)
                 s = simulate_sample(sample_rng(cfg.seed, split, i), cfg)
@@ -115,6 +128,8 @@ class DatasetSplit:
     emitter : ``(N, Hh, Wh)``; light_pattern : ``(N, F, Hh, Wh)`` (``None`` without GT).
     norm_offset, norm_scale : ``(N,)`` what was applied to each sample.
     psf : ``(N, K, K)`` the true PSF on the data's HR grid, sums to 1 (``None`` if not stored).
+    pattern_k : ``(N, F, 2)`` true pattern wave vectors ``(ky, kx)``, cycles per LR pixel;
+    psf_na : ``(N,)`` the PSF's numerical aperture (``None`` if not stored).
     """
 
     names: list[str]
@@ -127,6 +142,8 @@ class DatasetSplit:
     norm_offset: np.ndarray
     norm_scale: np.ndarray
     psf: np.ndarray | None = None
+    pattern_k: np.ndarray | None = None
+    psf_na: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -141,7 +158,7 @@ def load_split(root: str | os.PathLike, split: str, limit: int | None = None) ->
         raise FileNotFoundError(f"{raw_dir}: no .tif stacks found (expected <split>/<name>.tif)")
     files = files[:limit] if limit else files
     out: dict[str, list] = {k: [] for k in ("raw", "clean", "sigma", "mask", "em", "lp", "off", "sc",
-                                       "psf")}
+                                       "psf", "k", "na")}
     for f in files:
         meta_path = root / f"{split}_meta" / f"{f.stem}.npz"
         if not meta_path.exists():
@@ -153,6 +170,9 @@ def load_split(root: str | os.PathLike, split: str, limit: int | None = None) ->
             out["mask"].append(meta["noise_mask"])
             if "psf" in meta.files:
                 out["psf"].append(meta["psf"])
+            if "pattern_k" in meta.files and "psf_na" in meta.files:
+                out["k"].append(meta["pattern_k"])
+                out["na"].append(float(meta["psf_na"]))
         out["raw"].append((read_tiff(f).astype(np.float32) - off) / scale)
         out["off"].append(off)
         out["sc"].append(scale)
@@ -172,4 +192,6 @@ def load_split(root: str | os.PathLike, split: str, limit: int | None = None) ->
         norm_offset=np.asarray(out["off"]),
         norm_scale=np.asarray(out["sc"]),
         psf=np.stack(out["psf"]).astype(np.float32) if len(out["psf"]) == len(files) else None,
+        pattern_k=np.stack(out["k"]).astype(np.float64) if len(out["k"]) == len(files) else None,
+        psf_na=np.asarray(out["na"]) if len(out["na"]) == len(files) else None,
     )

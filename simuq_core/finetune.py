@@ -29,15 +29,14 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from pydantic import BaseModel, ConfigDict, Field
 
-from simuq_core.config import OpticsPrior, TrainParams, UQParams
+from simuq_core.config import FinetuneParams, OpticsPrior, UQParams
 from simuq_core.evaluation import widefield
 from simuq_core.experiment import load_model, save_model
 from simuq_core.io import write_json
@@ -49,61 +48,10 @@ from simuq_core.raw_data import CropStream, DataIndex, Region, index_acquisition
 from simuq_core.reconstruction import PATTERN_KEYS, batch_pattern, predict
 from simuq_core.training import Trainer
 
-__all__ = ["FinetuneParams", "classical_noise_variance", "run_finetuning", "validate", "validation_tiles"]
+__all__ = ["FinetuneParams", "brightest_window", "classical_noise_variance", "field_metrics",
+           "plot_real_walkthrough", "run_finetuning", "validate", "validation_tiles"]
 
 log = logging.getLogger("simuq.finetune")
-
-
-class FinetuneParams(BaseModel):
-    """The ``finetune`` section: fine-tuning a trained model on real raw acquisitions."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    seed: int = Field(0, ge=0, description="crop plan, validation split")
-    batch_size: int = Field(8, ge=1, le=4096, description="crops per step (all processes)")
-    epochs: int = Field(10, ge=1, le=100000)
-    crops_per_epoch: int = Field(512, ge=1, description="random crops drawn per epoch")
-    crop: int | None = Field(None, ge=8, le=4096,
-                             description="crop side, camera px; null = the model's training crop")
-    lr: float = Field(1e-4, gt=0.0, lt=1.0, description="lower than training: the model is trained")
-    weight_decay: float = Field(1e-4, ge=0.0, lt=1.0)
-    warmup_steps: int = Field(20, ge=0)
-    grad_clip: float = Field(1.0, gt=0.0)
-    mean_first_epochs: int = Field(0, ge=0, description="mean-only epochs first (the model has a mean)")
-    log_every: int = Field(10, ge=1)
-    keep_checkpoints: int = Field(2, ge=1, le=100)
-    resume: bool = False
-    psf_prior_weight: float = Field(1.0, ge=0.0)
-    lp_smooth_weight: float = Field(0.0, ge=0.0)
-    optics: OpticsPrior | None = Field(
-        None, description="the acquisitions' microscope (NA, emission λ, pixel) for the blind pattern "
-        "search and the resolution limits; null = the model's optics. A file's own pixel size and "
-        "emission wavelength win when it records them")
-    period_hint: float | None = Field(None, gt=2.0, lt=100.0,
-                                      description="expected pattern period (camera px); null = blind")
-    frame_order: Literal["angle_major", "phase_major"] = "angle_major"
-    norm_offset: float | None = Field(None, description="camera offset; null = TIFF metadata, else 0")
-    norm_percentile: float = Field(99.9, gt=50.0, le=100.0)
-    strict: bool = Field(False, description="stop at the first bad file instead of skipping it")
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="held-out share of the acquisitions")
-    val_files: list[str] = Field(default_factory=list, description="held-out files (overrides the fraction)")
-    val_block_fraction: float = Field(0.25, gt=0.0, lt=1.0,
-                                      description="single acquisition: held-out strip, share of the width")
-    val_tile: int = Field(64, ge=8, le=1024, description="side of the validation tiles (camera px)")
-    max_val_tiles: int = Field(16, ge=1, le=4096)
-    noise_band_margin: float = Field(1.15, ge=1.0, le=2.0,
-                                     description="noise estimate from |f| > margin × OTF cut-off")
-    num_threads: int = Field(2, ge=0, le=64, description="crop reader threads (0: inline)")
-    prefetch: int = Field(16, ge=1, le=4096, description="crops read ahead")
-
-    def train_params(self) -> TrainParams:
-        """The engine's settings (no debug artefacts: there is no ground truth to show)."""
-        return TrainParams(seed=self.seed, batch_size=self.batch_size, epochs=self.epochs, lr=self.lr,
-                           weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
-                           grad_clip=self.grad_clip, mean_first_epochs=self.mean_first_epochs,
-                           log_every=self.log_every, debug_every_epochs=self.epochs,
-                           keep_checkpoints=self.keep_checkpoints, resume=self.resume,
-                           psf_prior_weight=self.psf_prior_weight, lp_smooth_weight=self.lp_smooth_weight)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,3 +322,108 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-field report of a prediction on a real acquisition (the ``real_report`` stage)
+# ----------------------------------------------------------------------------------------------
+
+
+def field_metrics(x: np.ndarray, maps: dict[str, np.ndarray], pixel_nm: float, rescale: int, na: float,
+                  wavelength_nm: float, pattern_k: np.ndarray, noise_band_margin: float = 1.15
+                  ) -> dict[str, float]:
+    """GT-free numbers of one prediction over a whole field (:func:`validate` on tiles of the
+    held-out part; here the full field, training area included).
+
+    Parameters
+    ----------
+    x : ``(F, H, W)`` the normalised raw frames the prediction was made from.
+    maps : ``predict``'s maps (square-rooted stds): ``rec`` / ``rec_std`` ``(F, H, W)``,
+        ``emitter`` / ``emitter_std`` ``(rH, rW)``, optionally ``wiener`` ``(rH, rW)``.
+    pixel_nm : camera pixel; ``rescale`` ``r``: the model grid is ``pixel_nm / r``.
+    na, wavelength_nm : the limits ``λ/(2NA)`` (widefield) and ``λ/(2(NA + NA·|k|/k_c))`` (SIM),
+        with ``pattern_k`` ``(A, 2)`` cycles per camera px (mean ``|k|``) and ``k_c = 2NA/λ·pixel``.
+
+    Returns
+    -------
+    ``rec_zms`` ``mean(z²)``, ``rec_coverage_68`` / ``_95`` (``|z| < 1`` / ``1.96``) with
+    ``z = (x − rec)/rec_std``; ``noise_std_classical`` (out-of-band estimate,
+    :func:`classical_noise_variance`) and ``rec_std_hann`` (the same Hann weights applied to
+    ``rec_std²``: camera noise plus the latent share, so an upper bound of the predicted noise);
+    decorrelation resolutions (nm) of the bilinear widefield (analysed up to the camera Nyquist),
+    the emitter and, if present, the Wiener SIM image; the two limits; ``emitter_std_mean`` and
+    ``emitter_std_p95_over_mean`` (≈ 1 for a flat, uninformative map).
+    """
+    x = np.asarray(x, np.float64)
+    z = (x - maps["rec"]) / np.maximum(np.asarray(maps["rec_std"], np.float64), 1e-15)
+    cutoff = 2.0 * na * pixel_nm / wavelength_nm
+    out = {"rec_zms": float(np.mean(z**2)), "rec_coverage_68": float(np.mean(np.abs(z) < 1.0)),
+           "rec_coverage_95": float(np.mean(np.abs(z) < 1.96))}
+    out["noise_std_classical"] = math.sqrt(classical_noise_variance(x, cutoff, noise_band_margin)[0])
+    out["rec_std_hann"] = math.sqrt(_weighted_mean(np.asarray(maps["rec_std"], np.float64) ** 2))
+    model_nm = pixel_nm / rescale
+    wf = widefield(x[None], rescale)[0]
+    out["widefield_resolution_nm"] = decorrelation_resolution(wf, model_nm,
+                                                              max_freq=0.5 / rescale).resolution_nm
+    out["emitter_resolution_nm"] = decorrelation_resolution(maps["emitter"], model_nm).resolution_nm
+    if "wiener" in maps:
+        out["wiener_resolution_nm"] = decorrelation_resolution(maps["wiener"], model_nm).resolution_nm
+    k_abs = float(np.linalg.norm(np.asarray(pattern_k, np.float64), axis=-1).mean())
+    out["widefield_limit_nm"] = wavelength_nm / (2.0 * na)
+    out["sim_limit_nm"] = wavelength_nm / (2.0 * (na + na * k_abs / cutoff))
+    if "emitter_std" in maps:
+        std = np.asarray(maps["emitter_std"], np.float64)
+        out["emitter_std_mean"] = float(std.mean())
+        out["emitter_std_p95_over_mean"] = float(np.percentile(std, 95) / max(std.mean(), 1e-30))
+    return {k: float(v) for k, v in out.items()}
+
+
+def brightest_window(image: np.ndarray, size: int, x_from: int = 0) -> tuple[int, int]:
+    """Top-left ``(y0, x0)`` of the ``size``² window of highest mean in ``image`` ``(H, W)``
+    among windows starting at column ``x_from`` or later (steps of ``size/4``): the figure's zoom."""
+    h, w = image.shape
+    size = min(size, h, w)
+    step = max(1, size // 4)
+    x_from = min(max(0, x_from), w - size)
+    best, where = -np.inf, (0, x_from)
+    for y0 in range(0, h - size + 1, step):
+        for x0 in range(x_from, w - size + 1, step):
+            value = float(image[y0:y0 + size, x0:x0 + size].mean())
+            if value > best:
+                best, where = value, (y0, x0)
+    return where
+
+
+def plot_real_walkthrough(path: str | os.PathLike, panels: Sequence[tuple[str, np.ndarray]],
+                          zoom: tuple[int, int, int], title: str, pixel_nm: float) -> Path:
+    """Full field (top row) and a zoom (bottom row, the box ``(y0, x0, size)`` in model px, drawn
+    on the top row) of each ``(title, (rH, rW) image)`` panel; 1-99 % contrast per panel, the
+    std map in its own colour map. ``pixel_nm``: model-grid pixel, for the scale bar (1 µm)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from simuq_core.plots import save_figure
+
+    n = len(panels)
+    fig = Figure(figsize=(3.2 * n, 6.6), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
+    y0, x0, size = zoom
+    bar_px = 1000.0 / pixel_nm
+    for j, (name, image) in enumerate(panels):
+        lo, hi = np.percentile(image, [1.0, 99.0])
+        cmap = "viridis" if "std" in name else "gray"
+        for i, (img, label) in enumerate(((image, name), (image[y0:y0 + size, x0:x0 + size], "zoom"))):
+            ax = axes[i, j]
+            ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            ax.set_title(label if i == 0 else f"{name}: zoom", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), size, size, fill=False, color="tab:orange"))
+            length = bar_px if i == 0 else bar_px / 4
+            h, w = img.shape
+            ax.plot([w * 0.95 - length, w * 0.95], [h * 0.94] * 2, color="white", lw=2.5)
+        axes[1, j].text(0.02, 0.04, "250 nm", color="white", fontsize=7, transform=axes[1, j].transAxes)
+    axes[0, 0].text(0.02, 0.04, "1 µm", color="white", fontsize=7, transform=axes[0, 0].transAxes)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)

@@ -111,6 +111,13 @@ class UNet(nnx.Module):
 BACKBONES = {"unet": UNet}
 
 
+def _dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout: each element kept with probability ``1 - rate`` and scaled by
+    ``1 / (1 - rate)``, so the expected activation is unchanged."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
 def _space_to_depth(x: jax.Array, r: int) -> jax.Array:
     """Inverse pixel shuffle ``(B, r·H, r·W, C) -> (B, H, W, C·r²)`` (same channel order)."""
     b, hh, ww, c = x.shape
@@ -196,6 +203,7 @@ class SIMNet(nnx.Module):
         k_range: tuple[float, float] = (0.08, 0.45),
         modulation_init: float = 0.8,
         logvar_init: float = -4.0,
+        dropout: float = 0.0,
         rngs: nnx.Rngs,
     ):
         if psf_prior.shape != (psf_size, psf_size):
@@ -203,6 +211,12 @@ class SIMNet(nnx.Module):
         self.n_frames, self.rescale, self.psf_size = n_frames, rescale, psf_size
         self.uq_targets = tuple(uq_targets)
         self.psf_mode = psf_mode
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        # MC dropout (epistemic uncertainty, :mod:`simuq_core.epistemic`): a key passed to
+        # ``__call__`` drops decoder, bottleneck and model-grid features at this rate; without a
+        # key the network is deterministic (the mean network, what ``predict`` runs by default).
+        self.dropout = float(dropout)
         # With ``wiener_input`` the network also reads the classical Wiener SIM image of its input
         # (:func:`simuq_core.baselines.wiener_jax.wiener_sim_jax`, from the same pattern estimate):
         # on the camera grid as r² space-to-depth channels of the U-Net input, and on the model
@@ -292,13 +306,15 @@ class SIMNet(nnx.Module):
         return estimate_pattern(x, self.n_angles, self.otf_cutoff, self.k_range)
 
     def __call__(self, x: jax.Array, pattern: PatternEstimate | None = None,
-                 wiener: jax.Array | None = None) -> dict[str, jax.Array]:
+                 wiener: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> dict[str, jax.Array]:
         """``x``: ``(B, F, H, W)`` normalised frames -> dict of components (module docstring).
 
         ``pattern``: a precomputed :meth:`estimate_pattern` for ``x`` (parametric mode; estimated
         here when omitted). ``wiener``: the Wiener SIM image ``(B, rH, rW)`` the network reads
         (``wiener_input``), e.g. a tile of the whole image's (:meth:`wiener_image`); computed from
-        ``x`` here when omitted.
+        ``x`` here when omitted. ``dropout_key``: a PRNG key that switches on dropout (training and
+        MC-dropout sampling; ignored when the network was built with ``dropout = 0``).
         """
         b, f, h, w = x.shape
         if f != self.n_frames:
@@ -312,10 +328,16 @@ class SIMNet(nnx.Module):
             wiener = jax.lax.stop_gradient(wiener)[..., None]  # (B, rH, rW, 1)
             inputs = jnp.concatenate([inputs, _space_to_depth(wiener, self.rescale)], axis=-1)
         feats, bottleneck = self.backbone(inputs)
+        if dropout_key is not None and self.dropout > 0.0:
+            keys = jax.random.split(dropout_key, 3)
+            feats = _dropout(feats, self.dropout, keys[0])
+            bottleneck = _dropout(bottleneck, self.dropout, keys[1])
         hr = self._to_model_grid(feats)
         if wiener is not None:
             hr = jnp.concatenate([hr, wiener], axis=-1)
         hr = self.hr_block(hr)
+        if dropout_key is not None and self.dropout > 0.0:
+            hr = _dropout(hr, self.dropout, keys[2])
         out = {"emitter": nnx.softplus(self.emitter_head(hr)[..., 0])}
         pooled = bottleneck.mean(axis=(1, 2))
         if self.lp_head is not None:

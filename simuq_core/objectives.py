@@ -51,9 +51,9 @@ def selfsup_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
     """NLL of the raw frames under the propagated ``Var(rec)`` (+ aux + regularisers); no GT."""
     prior = jnp.asarray(psf_prior, jnp.float32)
 
-    def objective(model, batch, mean_only):
+    def objective(model, batch, mean_only, key=None):
         x = batch["x"]
-        pred = predict(model, x, uq, batch_pattern(batch))
+        pred = predict(model, x, uq, batch_pattern(batch), dropout_key=key)
         rec, var = pred["rec"], pred["var_rec"]
         if uq.frame_covariance == "full":
             # The 9 residuals of a pixel share every latent error (issue 14): their joint NLL.
@@ -81,9 +81,9 @@ def sup_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
     without a variance head); the raw-frame terms are logged, not trained."""
     prior = jnp.asarray(psf_prior, jnp.float32)
 
-    def objective(model, batch, mean_only):
+    def objective(model, batch, mean_only, key=None):
         x = batch["x"]
-        pred = predict(model, x, uq, batch_pattern(batch))
+        pred = predict(model, x, uq, batch_pattern(batch), dropout_key=key)
         terms, loss = {}, jnp.zeros((), jnp.float32)
         for comp, gt_key, mean_key, var_key in (
             ("emitter", "emitter_gt", "emitter", "emitter_var"),

@@ -186,6 +186,24 @@ def plot_component_std(path: str | os.PathLike, mean: np.ndarray, std: np.ndarra
     return save_figure(fig, path)
 
 
+def plot_error_std_rows(path: str | os.PathLike,
+                        rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], *,
+                        title: str, unit: str = "a.u.") -> Path:
+    """One row per ``(name, |error|, aleatoric std, epistemic std)``, ``(H, W)`` maps; the three
+    panels of a row share one colour scale (p1–p99 of the three together), so they compare."""
+    fig, axes = _grid(len(rows), 3, title)
+    for i, (name, err, alea, epi) in enumerate(rows):
+        lo, hi = _limits(np.concatenate([err.ravel(), alea.ravel(), epi.ravel()]))
+        for j, (img, label) in enumerate(((err, f"{name}: |error|"), (alea, "aleatoric std"),
+                                          (epi, "epistemic std"))):
+            im = axes[i, j].imshow(img, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+            axes[i, j].set_title(label, fontsize=9)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            fig.colorbar(im, ax=axes[i, j], fraction=0.046, pad=0.02, label=unit)
+    return save_figure(fig, path)
+
+
 def _log_bins(values: np.ndarray, n: int = 60) -> np.ndarray:
     lo, hi = float(values.min()), float(values.max())
     if hi <= lo:

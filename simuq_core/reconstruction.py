@@ -88,6 +88,7 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
         k_range=lp.k_range(),
         modulation_init=lp.modulation_init,
         logvar_init=uq.logvar_init,
+        dropout=model.dropout,
         rngs=nnx.Rngs(seed),
     )
 
@@ -117,19 +118,25 @@ def batch_pattern(batch: dict[str, jax.Array]) -> PatternEstimate | None:
 
 def predict(model: SIMNet, x: jax.Array, uq: UQParams,
             pattern: PatternEstimate | None = None,
-            wiener: jax.Array | None = None) -> dict[str, jax.Array]:
+            wiener: jax.Array | None = None,
+            dropout_key: jax.Array | None = None) -> dict[str, jax.Array]:
     """Run the network on ``x`` ``(B, F, H, W)`` and propagate its uncertainty.
 
     ``pattern``: a precomputed pattern estimate for ``x`` (parametric light pattern; see
     :meth:`SIMNet.estimate_pattern`), estimated by the network when omitted; ``wiener``: the
     Wiener SIM input ``(B, rH, rW)`` of a ``wiener_input`` network (computed from ``x`` when
-    omitted; a tile of an image passes its slice of the image's, so tiles agree).
+    omitted; a tile of an image passes its slice of the image's, so tiles agree);
+    ``dropout_key``: one MC-dropout sample of a network with ``model.dropout > 0`` (the
+    deterministic mean network without it).
 
     Returns the network outputs plus ``emitter_var`` / ``lp_var`` / ``psf_var`` (for enabled
     targets), ``rec``, ``var_rec``, ``var_latent``, ``var_obs`` ``(B, F, H, W)`` and
     ``var_deconv`` ``(B, F, Hh, Wh)`` (variance of ``S = emitter · light_pattern``).
     """
-    out = dict(model(x, pattern, wiener) if wiener is not None else model(x, pattern))
+    if dropout_key is not None:
+        out = dict(model(x, pattern, wiener, dropout_key))
+    else:
+        out = dict(model(x, pattern, wiener) if wiener is not None else model(x, pattern))
 
     def var(name: str) -> jax.Array:
         return variance_from_logvar(out[name], uq.logvar_min, uq.logvar_max, uq.logvar_bound)

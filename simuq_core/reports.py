@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,10 @@ from simuq_core.dataset import DatasetSplit, load_split
 from simuq_core.debug import DebugReference, reference_from_split, write_uncertainty_artifacts
 from simuq_core.evaluation import make_predictor, pool_gt
 from simuq_core.experiment import apply_gt_norm, load_model
-from simuq_core.io import atomic_directory
+from simuq_core.io import atomic_directory, read_json
+from simuq_core.quality import SimBand
 
-__all__ = ["calibrate_model", "choose_samples", "export_debug", "model_truth"]
+__all__ = ["calibrate_model", "sim_band", "choose_samples", "export_debug", "model_truth"]
 
 log = logging.getLogger("simuq.reports")
 
@@ -52,6 +54,18 @@ def model_truth(split: DatasetSplit, spec: dict[str, Any],
             emitter, lp = apply_gt_norm(emitter, lp, spec["train"]["gt_norm"])
     return reference_from_split(split, idx, emitter=emitter, light_pattern=lp, gt_factor=factor,
                                 psf_size=int(spec["psf_size"]))
+
+
+def sim_band(split: DatasetSplit, spec: dict[str, Any], data_dir: str | os.PathLike) -> SimBand | None:
+    """Each sample's SIM passband on the model grid (true pattern wave vectors and PSF NA from
+    the metadata, emission wavelength and camera pixel from ``dataset.json``;
+    :class:`simuq_core.quality.SimBand`). ``None`` when the split lacks GT or that metadata."""
+    if split.emitter is None or split.pattern_k is None or split.psf_na is None:
+        return None
+    psf = read_json(Path(data_dir) / "dataset.json")["params"]["psf"]
+    rescale = int(spec["model"]["rescale"])
+    cutoff = 2.0 * split.psf_na * psf["lr_pixel_nm"] / rescale / psf["wavelength_nm"]
+    return SimBand(split.pattern_k / rescale, cutoff)
 
 
 def _predictor(spec: dict[str, Any]):
@@ -88,7 +102,8 @@ def calibrate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
         split = load_split(data_dir, name)
         ref = model_truth(split, spec)
         pred = predict(model, ref.x)
-        splits[name] = (ref, pred, calibration_components(pred, ref, emitter_affine_fit=affine))
+        splits[name] = (ref, pred, calibration_components(pred, ref, emitter_affine_fit=affine,
+                                                          band=sim_band(split, spec, data_dir)))
         log.info("%s: %d samples, components %s", name, len(split), list(splits[name][2]))
     ref, pred, test = splits["test"]
     with atomic_directory(out_dir) as work:

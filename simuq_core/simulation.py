@@ -158,17 +158,42 @@ def _bezier(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarra
     return curve, seg
 
 
+def _puncta(
+    rng: np.random.Generator, shape_hr: tuple[int, int], hr_pixel_nm: float, cfg: ObjectParams,
+    empty: bool,
+) -> np.ndarray:
+    """A dense point texture ``(Hh, Wh)``: ``cfg.puncta`` Gaussian dots of peak ``U(0.3, 1)`` and
+    width ``cfg.puncta_sigma_nm`` (at least 1 when ``empty``, so the field is never blank)."""
+    lo, hi = cfg.puncta
+    n = max(int(rng.integers(lo, hi + 1)), int(empty))
+    yy, xx = np.arange(shape_hr[0], dtype=np.float64), np.arange(shape_hr[1], dtype=np.float64)
+    texture = np.zeros(shape_hr)
+    for _ in range(n):
+        # Floored at half a pixel, like the filaments: narrower dots would alias on the grid.
+        sig = max(rng.uniform(*cfg.puncta_sigma_nm) / hr_pixel_nm, 0.5)
+        cy, cx = rng.uniform(0, shape_hr[0]), rng.uniform(0, shape_hr[1])
+        # Separable: an outer product of 1-D Gaussians costs O(H + W) exponentials, not O(H·W).
+        gy, gx = np.exp(-((yy - cy) ** 2) / (2 * sig**2)), np.exp(-((xx - cx) ** 2) / (2 * sig**2))
+        texture += rng.uniform(0.3, 1.0) * np.outer(gy, gx)
+    return texture
+
+
 def render_objects(
     rng: np.random.Generator, shape_hr: tuple[int, int], hr_pixel_nm: float, cfg: ObjectParams
 ) -> np.ndarray:
-    """Emitter density ``(Hh, Wh)`` float64 with max 1: filaments, tubes, rings and blobs."""
+    """Emitter density ``(Hh, Wh)`` float64 with max 1: filaments, tubes, rings, blobs and puncta.
+
+    Puncta (``cfg.puncta``, off by default) are drawn last and only when their max is > 0, so a
+    configuration without them consumes exactly the random draws it did before they existed.
+    """
     counts = {k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in
               (("curves", cfg.curves), ("tubes", cfg.tubes), ("rings", cfg.rings),
                ("blobs", cfg.blobs))}
     if sum(counts.values()) == 0:  # never return an empty field
         kinds = [k for k, (_, hi) in (("curves", cfg.curves), ("tubes", cfg.tubes),
                                       ("rings", cfg.rings), ("blobs", cfg.blobs)) if hi > 0]
-        counts[kinds[int(rng.integers(len(kinds)))]] = 1
+        if kinds:  # a puncta-only configuration gets its one object from _puncta
+            counts[kinds[int(rng.integers(len(kinds)))]] = 1
 
     lines = np.zeros(shape_hr)
     for _ in range(counts["curves"]):
@@ -203,6 +228,8 @@ def render_objects(
         sig = rng.uniform(*cfg.blob_sigma_nm) / hr_pixel_nm
         cy, cx = rng.uniform(0, shape_hr[0]), rng.uniform(0, shape_hr[1])
         emitter += rng.uniform(0.3, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sig**2))
+    if cfg.puncta[1] > 0:
+        emitter += _puncta(rng, shape_hr, hr_pixel_nm, cfg, empty=sum(counts.values()) == 0)
 
     peak = emitter.max()
     if peak <= 0:  # every object fell outside the field: put one blob in the middle

@@ -225,9 +225,11 @@ class Trainer:
     # -- compiled functions ------------------------------------------------------------------
 
     def _loss(self, objective: Objective):
-        def loss_of(params, batch, mean_only):
+        def loss_of(params, batch, mean_only, key=None):
             model = nnx.merge(self.graphdef, params)
-            return objective(model, batch, mean_only)
+            if key is None:
+                return objective(model, batch, mean_only)
+            return objective(model, batch, mean_only, key)
 
         return loss_of
 
@@ -235,9 +237,9 @@ class Trainer:
         loss_of = self._loss(objective)
         tx = self.tx
 
-        def step(params, opt_state, batch, mean_only):
+        def step(params, opt_state, batch, mean_only, key):
             (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(
-                params, batch, mean_only)
+                params, batch, mean_only, key)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             terms = {**terms, "loss": loss, "grad_norm": optax.global_norm(grads)}
@@ -256,6 +258,15 @@ class Trainer:
         (loss, terms), grads = self._grad_fn(self.params, self._shard(batch),
                                              jnp.float32(mean_only))
         return loss, terms, grads
+
+    def _step_key(self, step: int) -> jax.Array | None:
+        """The dropout key of training step ``step`` (``None`` for a network without dropout:
+        its objective is then called without one). Fixed by ``(cfg.seed, step)``, so a resumed
+        run draws the same masks."""
+        if getattr(self.model, "dropout", 0.0) <= 0.0:
+            return None
+        key = jax.random.fold_in(jax.random.PRNGKey(self.cfg.seed), step)
+        return jax.device_put(key, self.replicated)
 
     def _shard(self, batch: Batch) -> dict[str, jax.Array]:
         return {k: jax.device_put(np.asarray(v), self.data_sharding) for k, v in batch.items()}
@@ -342,7 +353,7 @@ class Trainer:
                 for host_batch in self._epoch_batches(epoch):
                     batch = self._shard(host_batch)
                     new_params, new_opt, terms = self._step_fn(
-                        self.params, self.opt_state, batch, mean_only)
+                        self.params, self.opt_state, batch, mean_only, self._step_key(step))
                     terms = {k: float(v) for k, v in jax.device_get(terms).items()}
                     if not all(math.isfinite(v) for v in terms.values()):
                         raise TrainingDiverged(self._diverged_message(epoch, step, terms))

@@ -1,0 +1,221 @@
+"""Epistemic uncertainty: MC dropout and deep ensembles, total predictive variance, and the
+image-level out-of-distribution (OOD) score.
+
+A *member prediction* is one forward pass of one network: a network trained with
+``model.dropout > 0`` gives ``n_samples`` passes with independent dropout masks (MC dropout, Gal &
+Ghahramani 2016); a network without dropout gives its one deterministic pass; an ensemble
+(Lakshminarayanan et al. 2017) pools the passes of several networks trained from different seeds.
+With ``M`` member predictions ``(μ_m, σ²_m)`` of a component (emitter, light pattern, rec), the
+predictive distribution is the equal-weight mixture, whose mean and variance are
+
+    μ = (1/M) Σ μ_m,
+    Var = (1/M) Σ σ²_m  +  (1/M) Σ (μ_m − μ)²
+        = aleatoric     +  epistemic                 (law of total variance).
+
+The outputs keep the single-network names for the mean and the aleatoric part (``emitter``,
+``emitter_var``; ``light_pattern``, ``lp_var``; ``rec``, ``var_rec``) and add ``<var>_epi`` and
+``<var>_total``. Every other array is averaged over the members.
+
+**OOD score** (:func:`ood_scores`), per image, needing no ground truth:
+
+- ``epistemic``: ``mean(√emitter_var_epi) / mean(emitter)``, the members' relative disagreement
+  on the emitter (scale-free, so it also applies to the self-supervised emitter, whose scale is
+  arbitrary);
+- ``misfit``: ``mean((x − rec)² / var_rec_total)``, the raw-frame ZMS: the reconstruction does not
+  explain the frames within its own predicted variance (≈ 1 in distribution);
+
+each is divided by its ``ood_percentile`` quantile on the in-distribution val split
+(:func:`ood_reference`), and the combined score is the larger ratio: above 1 = flagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from scipy.stats import mannwhitneyu
+
+from simuq_core.config import UQParams
+from simuq_core.reconstruction import predict
+
+__all__ = ["COMPONENTS", "EnsembleAccumulator", "check_members", "combine_members", "make_ensemble_predictor",
+           "member_keys",
+           "ood_flags", "ood_reference", "ood_scores", "roc_auc", "sample_members"]
+
+#: (component, mean key, aleatoric variance key) of the total-variance rule.
+COMPONENTS = (("emitter", "emitter", "emitter_var"), ("lp", "light_pattern", "lp_var"),
+              ("rec", "rec", "var_rec"))
+#: What must agree between ensemble members (``model.json`` entries) for their mixture to mean
+#: anything: the same geometry, optics, pattern model and variance model.
+_MEMBER_KEYS = (("n_frames",), ("psf_size",), ("model_pixel_nm",), ("model", "rescale"),
+                ("model", "optics"), ("model", "light_pattern"), ("model", "wiener_input"),
+                ("uq", "targets"), ("uq", "obs_noise"), ("uq", "pool_var"))
+OOD_SCORES = ("epistemic", "misfit")
+
+
+def member_keys(seed: int, n_samples: int, dropout: float) -> jax.Array | None:
+    """``(n_samples, 2)`` dropout keys, or ``None`` for a network without dropout (one pass)."""
+    if dropout <= 0.0:
+        return None
+    return jax.random.split(jax.random.PRNGKey(seed), n_samples)
+
+
+def sample_members(model: nnx.Module, x: jax.Array, uq: UQParams, keys: jax.Array | None,
+                   pattern=None, wiener: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Every member prediction of one network, stacked on a leading axis ``(S, B, …)``.
+
+    The pattern estimate and the Wiener input depend on ``x`` only: computed once (when not
+    given) and shared by the passes. ``keys``: :func:`member_keys` (``None``: ``S = 1``).
+    """
+    if getattr(model, "lp_mode", "free") == "parametric" and pattern is None:
+        pattern = model.estimate_pattern(x)
+    if getattr(model, "wiener_input", False) and wiener is None:
+        wiener = model.wiener_image(x, pattern)
+    if keys is None:
+        out = predict(model, x, uq, pattern, wiener)
+        return {k: v[None] for k, v in out.items()}
+    return jax.lax.map(lambda key: predict(model, x, uq, pattern, wiener, dropout_key=key), keys)
+
+
+def combine_members(stacked: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Mixture moments (module docstring) of member predictions stacked on axis 0."""
+    out = {k: np.asarray(v, np.float64).mean(axis=0) for k, v in stacked.items()}
+    for _, mean_key, var_key in COMPONENTS:
+        if mean_key in stacked and var_key in stacked:
+            epi = np.asarray(stacked[mean_key], np.float64).var(axis=0)
+            out[f"{var_key}_epi"] = epi
+            out[f"{var_key}_total"] = out[var_key] + epi
+    return out
+
+
+class EnsembleAccumulator:
+    """Running mixture moments over member predictions that arrive in groups (one network's
+    passes at a time), so an ensemble never holds every pass in memory.
+
+    ``add(stacked)`` takes ``{key: (S, …)}``; ``result()`` returns what :func:`combine_members`
+    returns for all passes added (same keys; float64).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums: dict[str, np.ndarray] = {}
+        self.squares: dict[str, np.ndarray] = {}
+
+    def add(self, stacked: Mapping[str, Any]) -> None:
+        n = None
+        for k, v in stacked.items():
+            v = np.asarray(v, np.float64)
+            n = len(v) if n is None else n
+            if len(v) != n:
+                raise ValueError(f"member predictions disagree in count: {k} has {len(v)}, expected {n}")
+            self.sums[k] = self.sums.get(k, 0.0) + v.sum(axis=0)
+            if any(k == mean_key for _, mean_key, _ in COMPONENTS):
+                self.squares[k] = self.squares.get(k, 0.0) + (v * v).sum(axis=0)
+        self.count += n or 0
+
+    def result(self) -> dict[str, np.ndarray]:
+        if not self.count:
+            raise ValueError("no member predictions were added")
+        out = {k: s / self.count for k, s in self.sums.items()}
+        for _, mean_key, var_key in COMPONENTS:
+            if mean_key in out and var_key in out:
+                # E[μ²] − E[μ]², clipped at 0 against round-off (float64 sums).
+                epi = np.maximum(self.squares[mean_key] / self.count - out[mean_key] ** 2, 0.0)
+                out[f"{var_key}_epi"] = epi
+                out[f"{var_key}_total"] = out[var_key] + epi
+        return out
+
+
+def _lookup(spec: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(spec, Mapping) or key not in spec:
+            return None
+        spec = spec[key]
+    return spec
+
+
+def check_members(specs: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:
+    """Refuse an ensemble whose members differ in geometry, optics, pattern or variance model
+    (``model.json`` entries :data:`_MEMBER_KEYS`); the message names the member and the entry."""
+    if len(specs) != len(names):
+        raise ValueError("one name per ensemble member expected")
+    for spec, name in zip(specs[1:], names[1:], strict=True):
+        for path in _MEMBER_KEYS:
+            ref, got = _lookup(specs[0], path), _lookup(spec, path)
+            if ref != got:
+                raise ValueError(
+                    f"ensemble member {name}: {'.'.join(path)} = {got!r} differs from "
+                    f"{names[0]}'s {ref!r}; members must share geometry, optics and uncertainty "
+                    "model (train them from the same params, changing only the seed)")
+
+
+def ood_scores(pred: Mapping[str, np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
+    """Image-level scores ``(N,)`` (module docstring) of combined predictions for frames
+    ``x`` ``(N, F, H, W)``."""
+    axes_e = tuple(range(1, np.ndim(pred["emitter"])))
+    spread = np.sqrt(np.asarray(pred["emitter_var_epi"], np.float64)).mean(axis=axes_e)
+    level = np.maximum(np.abs(np.asarray(pred["emitter"], np.float64)).mean(axis=axes_e), 1e-12)
+    axes_r = tuple(range(1, np.ndim(x)))
+    resid = (np.asarray(x, np.float64) - pred["rec"]) ** 2 / np.asarray(pred["var_rec_total"])
+    return {"epistemic": spread / level, "misfit": resid.mean(axis=axes_r)}
+
+
+def ood_reference(val_scores: Mapping[str, np.ndarray], percentile: float) -> dict[str, Any]:
+    """Thresholds from the in-distribution val split: the ``percentile`` quantile of each score
+    (plus its median and the sample count, for the reports)."""
+    ref = {"percentile": float(percentile), "n_val": int(len(next(iter(val_scores.values()))))}
+    for name in OOD_SCORES:
+        v = np.asarray(val_scores[name], np.float64)
+        ref[name] = {"threshold": float(np.percentile(v, percentile)), "median": float(np.median(v))}
+    return ref
+
+
+def ood_flags(scores: Mapping[str, np.ndarray], reference: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``{name: score / threshold}`` for each score, ``combined`` (their maximum) and ``flagged``
+    (``combined > 1``: outside the training distribution)."""
+    ratios = {name: np.asarray(scores[name], np.float64) / max(reference[name]["threshold"], 1e-300)
+              for name in OOD_SCORES}
+    combined = np.maximum.reduce([ratios[name] for name in OOD_SCORES])
+    return {**ratios, "combined": combined, "flagged": combined > 1.0}
+
+
+def roc_auc(in_dist: np.ndarray, out_dist: np.ndarray) -> float:
+    """Area under the ROC curve of a score that should be higher out of distribution:
+    ``P(score_out > score_in) + ½ P(tie)`` (Mann–Whitney U / (n_in · n_out))."""
+    a, b = np.asarray(out_dist, np.float64).ravel(), np.asarray(in_dist, np.float64).ravel()
+    if not len(a) or not len(b):
+        raise ValueError("roc_auc needs at least one score on each side")
+    return float(mannwhitneyu(a, b).statistic / (len(a) * len(b)))
+
+
+def make_ensemble_predictor(members: Sequence[tuple[nnx.Module, UQParams]], n_samples: int, seed: int,
+                            batch_size: int):
+    """``x (N, F, H, W) -> combined prediction`` (:class:`EnsembleAccumulator` keys, host arrays)
+    of every member network's passes (``n_samples`` MC-dropout passes for a network with dropout,
+    one otherwise; member ``i`` draws its masks from ``seed + i``), in fixed-size jitted batches
+    (the last one padded, so one compile per member serves every call)."""
+    fns = []
+    for i, (model, uq) in enumerate(members):
+        keys = member_keys(seed + i, n_samples, float(getattr(model, "dropout", 0.0)))
+        fn = nnx.jit(lambda m, xb, k, uq=uq: sample_members(m, xb, uq, k))
+        fns.append((fn, model, keys))
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        chunks: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            pad = batch_size - len(xb)
+            if pad:
+                xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+            acc = EnsembleAccumulator()
+            for fn, model, keys in fns:
+                acc.add(jax.device_get(fn(model, jnp.asarray(xb), keys)))
+            for k, v in acc.result().items():
+                chunks.setdefault(k, []).append(v[: batch_size - pad])
+        return {k: np.concatenate(v) for k, v in chunks.items()}
+
+    return run

@@ -1,0 +1,113 @@
+"""Epistemic uncertainty: the total-variance rule, MC dropout, ensembles, the OOD score."""
+
+import numpy as np
+import pytest
+
+from simuq_core.epistemic import (
+    EnsembleAccumulator,
+    check_members,
+    combine_members,
+    make_ensemble_predictor,
+    ood_flags,
+    ood_reference,
+    ood_scores,
+    roc_auc,
+)
+from simuq_core.reconstruction import build_model
+from tests.test_training import _trainer, _x, tiny_params
+
+
+def _members(rng, m=5, shape=(3, 4, 4)):
+    return {"emitter": rng.random((m, *shape)), "emitter_var": rng.random((m, *shape)) * 0.1,
+            "psf": rng.random((m, 2, 5, 5))}
+
+
+def test_mixture_variance_matches_sampling_from_the_mixture(rng):
+    # Draw from the equal-weight mixture of M Gaussians; the empirical variance must match
+    # aleatoric + epistemic. With n draws the relative SE of a variance is about sqrt(2/n)
+    # (plus the mixture's excess kurtosis, < 3 here): 4 SE with n = 200_000 is < 1.5 %.
+    stacked = _members(rng, m=4, shape=(6,))
+    out = combine_members(stacked)
+    n = 200_000
+    comp = rng.integers(0, 4, size=(n, 6))
+    draws = rng.normal(np.take_along_axis(stacked["emitter"], comp, 0),
+                       np.sqrt(np.take_along_axis(stacked["emitter_var"], comp, 0)))
+    np.testing.assert_allclose(draws.var(axis=0), out["emitter_var_total"], rtol=0.03)
+    np.testing.assert_allclose(out["emitter_var_total"],
+                               out["emitter_var"] + out["emitter_var_epi"], rtol=1e-12)
+    # Without the epistemic term the mixture variance is underestimated wherever means differ.
+    assert np.all(draws.var(axis=0) > 1.05 * out["emitter_var"])
+
+
+def test_accumulator_equals_one_shot_combination(rng):
+    stacked = _members(rng, m=7)
+    acc = EnsembleAccumulator()
+    for lo, hi in ((0, 3), (3, 4), (4, 7)):
+        acc.add({k: v[lo:hi] for k, v in stacked.items()})
+    got, want = acc.result(), combine_members(stacked)
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="no member"):
+        EnsembleAccumulator().result()
+
+
+def test_ensemble_members_must_share_geometry_and_optics():
+    base = {"n_frames": 9, "psf_size": 11, "model_pixel_nm": 31.3,
+            "model": {"rescale": 2, "optics": {"na": 1.3}, "light_pattern": {}, "wiener_input": True},
+            "uq": {"targets": ["emitter"], "obs_noise": "none", "pool_var": "exact"}}
+    check_members([base, base], ["a", "b"])
+    other = {**base, "model": {**base["model"], "optics": {"na": 1.1}}}
+    with pytest.raises(ValueError, match=r"ensemble member models/b: model\.optics"):
+        check_members([base, base, other], ["models/a", "models/c", "models/b"])
+
+
+def test_roc_auc_known_values():
+    assert roc_auc([0, 1, 2], [3, 4]) == 1.0
+    assert roc_auc([3, 4], [0, 1, 2]) == 0.0
+    assert roc_auc([1, 1], [1, 1]) == 0.5
+    assert roc_auc([0, 2], [1, 3]) == 0.75
+
+
+def test_ood_flags_use_the_val_quantile():
+    val = {"epistemic": np.linspace(0.0, 1.0, 101), "misfit": np.linspace(1.0, 2.0, 101)}
+    ref = ood_reference(val, 99.0)
+    assert ref["epistemic"]["threshold"] == pytest.approx(0.99)
+    flags = ood_flags({"epistemic": np.array([0.5, 1.5, 0.1]), "misfit": np.array([1.0, 1.0, 2.5])}, ref)
+    assert flags["flagged"].tolist() == [False, True, True]
+    np.testing.assert_allclose(flags["combined"][1], 1.5 / 0.99)
+
+
+def test_mc_dropout_gives_epistemic_variance_and_a_deterministic_mean_network():
+    p = tiny_params(model={"dropout": 0.2})
+    x = _x(3)
+    model = build_model(p.model, p.uq, 9, 0)
+    run = make_ensemble_predictor([(model, p.uq)], n_samples=4, seed=0, batch_size=2)
+    a, b = run(x), run(x)
+    for key in ("emitter_var_epi", "lp_var_epi", "var_rec_epi"):
+        assert a[key].shape == a[key.replace("_epi", "")].shape
+        np.testing.assert_array_equal(a[key], b[key])  # masks fixed by the seed
+    # (The untrained modulation head has zero weights, so only emitter and rec vary yet.)
+    assert float(a["emitter_var_epi"].mean()) > 0.0 and float(a["var_rec_epi"].mean()) > 0.0
+    np.testing.assert_allclose(a["emitter_var_total"], a["emitter_var"] + a["emitter_var_epi"])
+    scores = ood_scores(a, x)
+    assert scores["epistemic"].shape == scores["misfit"].shape == (3,)
+    assert np.all(scores["epistemic"] > 0)
+    # Without dropout: one deterministic member, zero epistemic variance.
+    q = tiny_params()
+    plain = make_ensemble_predictor([(build_model(q.model, q.uq, 9, 0), q.uq)], 4, 0, 2)(x)
+    assert float(np.abs(plain["emitter_var_epi"]).max()) == 0.0
+    # Two different networks: an ensemble disagrees.
+    pair = make_ensemble_predictor([(build_model(q.model, q.uq, 9, 0), q.uq),
+                                    (build_model(q.model, q.uq, 9, 1), q.uq)], 4, 0, 2)(x)
+    assert float(pair["emitter_var_epi"].mean()) > 0.0
+
+
+def test_training_with_dropout_draws_new_masks_each_step(tmp_path):
+    p = tiny_params(model={"dropout": 0.3})
+    trainer = _trainer(p, _x(8), tmp_path)
+    k0, k1 = trainer._step_key(0), trainer._step_key(1)
+    assert not np.array_equal(np.asarray(k0), np.asarray(k1))
+    result = trainer.fit()
+    assert np.isfinite([r["loss"] for r in result.history if "loss" in r]).all()
+    assert _trainer(tiny_params(), _x(8), tmp_path / "plain")._step_key(0) is None
