@@ -4,7 +4,10 @@ One input is processed as follows:
 
 1. **Read** the TIFF (:func:`read_stack`): ``(9, H, W)``, ``(9, 1, H, W)`` or ``(1, 9, H, W)``,
    uint16 or float, frames angle-major (``frame = 3·angle + phase``); unreadable files and bad
-   layouts are :class:`~simuq_core.validation.InputError` naming the file.
+   layouts are :class:`~simuq_core.validation.InputError` naming the file. MRC / DeltaVision
+   files go through :func:`~simuq_core.acquisition.read_acquisition`, and by default
+   (:func:`pattern_source`) their pattern is the blind full-field estimate with its frame-order
+   diagnosis (:func:`blind_image_pattern`), also used for the Wiener map (:func:`blind_wiener_maps`).
 2. **Validate** (:mod:`simuq_core.validation`): NaN / Inf, empty or constant frames are errors;
    saturation, a suspicious offset, a pixel size far from the model's and a failed frame-order
    check are warnings (kept in the summary).
@@ -68,7 +71,9 @@ import tifffile
 from flax import nnx
 from tqdm.auto import tqdm
 
+from simuq_core.acquisition import MRC_SUFFIXES, read_acquisition
 from simuq_core.config import PredictParams, UQParams
+from simuq_core.epistemic import EnsembleAccumulator, member_keys, ood_flags
 from simuq_core.image_context import (
     FROZEN,
     PER_INPUT,
@@ -78,7 +83,8 @@ from simuq_core.image_context import (
     with_context_layers,
 )
 from simuq_core.io import atomic_directory, write_json, write_tiff
-from simuq_core.pattern import PatternEstimate
+from simuq_core.pattern import PatternDiagnosis, PatternEstimate, diagnose_pattern
+from simuq_core.physics import otf_cutoff_cycles_per_px
 from simuq_core.reconstruction import predict
 from simuq_core.simulation import normalisation_scale
 from simuq_core.tiling import Blender, TileGrid, extract_tiles, make_grid, pad_image, tile_window
@@ -90,9 +96,13 @@ __all__ = [
     "Normalisation",
     "PredictReport",
     "StackInfo",
+    "PATTERN_SOURCES",
     "TiledPredictor",
+    "blind_image_pattern",
+    "blind_wiener_maps",
     "find_inputs",
     "normalise",
+    "pattern_source",
     "predict_file",
     "predict_files",
     "read_stack",
@@ -122,6 +132,13 @@ _MAPS: dict[str, tuple[str, bool, str, str, str]] = {
     "deconv_std": ("var_deconv", True, "model", "ZYX", "std of S = emitter * lp, before the PSF"),
     "psf": ("psf", False, "psf", "YX", "PSF of the image (model grid)"),
     "psf_std": ("psf_var", True, "psf", "YX", "PSF std"),
+    # epistemic uncertainty (MC dropout; simuq_core/epistemic.py), with ``epistemic.n_samples``
+    "emitter_epi_std": ("emitter_var_epi", True, "model", "YX",
+                        "emitter epistemic std (spread of the MC-dropout passes)"),
+    "emitter_total_std": ("emitter_var_total", True, "model", "YX",
+                          "emitter total std (aleatoric + epistemic)"),
+    "rec_total_std": ("var_rec_total", True, "camera", "ZYX",
+                      "std of the reconstructed frames, aleatoric + epistemic"),
     # classical generalised Wiener SIM beside the network's maps (``predict.wiener``)
     "wiener": ("wiener", False, "model", "YX", "classical Wiener SIM (normalised units)"),
     "wiener_std": ("wiener_var", True, "model", "YX",
@@ -164,6 +181,8 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, StackInfo]:
     """The array stored in ``path`` (as is) and its :class:`StackInfo`; unreadable or missing
     files raise :class:`InputError` naming the file."""
     path = Path(path)
+    if path.suffix.lower() in MRC_SUFFIXES:
+        return _read_mrc_stack(path)
     try:
         with tifffile.TiffFile(path) as tif:
             array = tif.asarray()
@@ -171,6 +190,22 @@ def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, StackInfo]:
     except Exception as exc:  # tifffile raises several types for corrupt or non-TIFF files
         raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from exc
     return array, StackInfo(array.dtype, tuple(array.shape), pixel_nm, meta)
+
+
+def _read_mrc_stack(path: Path) -> tuple[np.ndarray, StackInfo]:
+    """An MRC / DeltaVision stack via :func:`~simuq_core.acquisition.read_acquisition` (angle-major
+    ``(T, F, H, W)`` float32 holding the camera's values); the file's emission wavelength, when
+    recorded, is kept in the metadata as ``wavelength_nm``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # The value checks run again in predict_file and are reported there as warnings.
+        warnings.simplefilter("ignore")
+        acq = read_acquisition(path)
+    meta: dict[str, Any] = {"source_format": acq.source_format}
+    if acq.wavelength_nm is not None:
+        meta["wavelength_nm"] = acq.wavelength_nm
+    return acq.frames, StackInfo(np.dtype(acq.dtype), tuple(acq.frames.shape), acq.pixel_nm, meta)
 
 
 def resolve_offset(explicit: float | None, path: Path, metadata: dict[str, Any]) -> tuple[float, str]:
@@ -292,7 +327,8 @@ class TiledPredictor:
 
     def __init__(self, model: nnx.Module, spec: dict[str, Any], tile: int, overlap: int,
                  batch_size: int, progress: bool = False, context: str = "image",
-                 stat_scale: int = 4, stat_tiles: int = 16):
+                 stat_scale: int = 4, stat_tiles: int = 16, epistemic_samples: int = 0,
+                 epistemic_seed: int = 0):
         self.spec = spec
         self.uq = UQParams(**spec["uq"])
         self.rescale = int(spec["model"]["rescale"])
@@ -318,9 +354,17 @@ class TiledPredictor:
         self._layers = [get_path(self._net, p) for p in paths]
         graphdef, _ = nnx.split(self._net)
 
+        # MC dropout: one jitted pass per key, pooled on the host (simuq_core/epistemic.py):
+        # mean and aleatoric maps averaged over the passes, plus the passes' variance. (Passes
+        # inside one trace would touch the context layers from an inner trace, which NNX refuses.)
+        self._mc_keys = (member_keys(epistemic_seed, epistemic_samples,
+                                     float(getattr(model, "dropout", 0.0)))
+                         if epistemic_samples > 0 else None)
+        self.epistemic_samples = 0 if self._mc_keys is None else int(epistemic_samples)
+
         @jax.jit
-        def forward(state, x, pattern, wiener):
-            out = predict(nnx.merge(graphdef, state), x, self.uq, pattern, wiener)
+        def forward(state, x, pattern, wiener, key=None):
+            out = predict(nnx.merge(graphdef, state), x, self.uq, pattern, wiener, dropout_key=key)
             return {k: out[k] for k in keys if k in out}
 
         self._estimate = (jax.jit(lambda x: model.estimate_pattern(x))
@@ -335,6 +379,16 @@ class TiledPredictor:
             return [get_path(net, p).stats() for p in paths]
 
         self._forward, self._record = forward, record
+
+    def _passes(self, state, tiles, pattern, wiener) -> dict[str, np.ndarray]:
+        """The deterministic prediction of a batch of tiles, or the MC-dropout mixture."""
+        if self._mc_keys is None:
+            return jax.device_get(self._forward(state, tiles, pattern, wiener))
+        acc = EnsembleAccumulator()
+        for key in self._mc_keys:
+            out = jax.device_get(self._forward(state, tiles, pattern, wiener, key))
+            acc.add({k: np.asarray(v)[None] for k, v in out.items()})
+        return acc.result()
 
     def tiling(self, grid: TileGrid, batch: int, stat_grid: dict | None) -> dict[str, Any]:
         return {"tile": grid.tile, "overlap": grid.overlap, "n_tiles": grid.n_tiles,
@@ -439,8 +493,11 @@ class TiledPredictor:
         set_mode(self._layers, FROZEN, [tuple(np.asarray(a) for a in s) for s in stats])
         return {"side": stat_grid.tile, "used": len(idx), "of": stat_grid.n_tiles}
 
-    def __call__(self, x: np.ndarray, desc: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Blended maps for normalised frames ``x`` ``(F, H, W)`` and the tiling description."""
+    def __call__(self, x: np.ndarray, desc: str = "", pattern=None
+                 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Blended maps for normalised frames ``x`` ``(F, H, W)`` and the tiling description.
+        ``pattern``: an image-level ``(PatternEstimate, (cy, cx))`` to use instead of the
+        network's own estimate (e.g. :func:`blind_image_pattern`)."""
         f, h, w = x.shape
         if f != self.n_frames:
             raise InputError(f"{desc}: {f} frames, the model expects {self.n_frames}")
@@ -457,7 +514,8 @@ class TiledPredictor:
         with bar:
             stat_grid = None
             # One pattern for the image (it is one illumination), unless each tile is its own.
-            image_pattern = self.image_pattern(x) if self.context == "image" else None
+            image_pattern = (pattern if pattern is not None
+                             else self.image_pattern(x) if self.context == "image" else None)
             if image_context:
                 stat_grid = self._freeze_image_context(padded, grid)
             else:
@@ -469,8 +527,7 @@ class TiledPredictor:
                 padded_idx = idx + [idx[-1]] * (len(tiles) - len(idx))
                 pattern = (self.tile_patterns(image_pattern, grid, padded_idx)
                            if image_pattern is not None else None)
-                out = jax.device_get(self._forward(state, tiles, pattern,
-                                                   self.tile_wiener(wiener, grid, padded_idx)))
+                out = self._passes(state, tiles, pattern, self.tile_wiener(wiener, grid, padded_idx))
                 for j, t in enumerate(idx):
                     y0, x0 = origins[t]
                     weight = float(tile_window(grid, y0, x0).sum())
@@ -530,12 +587,16 @@ class PredictReport:
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "n_inputs": len(self.results),
                 "n_ok": len(self.results) - len(self.failed), "n_failed": len(self.failed),
+                "n_out_of_distribution": sum(bool(((r.summary or {}).get("ood") or {}).get("flagged"))
+                                             for r in self.results),
                 "inputs": [{"input": r.input, "ok": r.ok, "output": r.output, "error": r.error,
-                            "warnings": r.warnings} for r in self.results]}
+                            "warnings": r.warnings, "ood": (r.summary or {}).get("ood")}
+                           for r in self.results]}
 
 
 def find_inputs(patterns: Iterable[str]) -> list[Path]:
-    """Files matching glob patterns, plain paths or folders (their ``*.tif`` / ``*.tiff``),
+    """Files matching glob patterns, plain paths or folders (their ``*.tif`` / ``*.tiff`` /
+    ``*.mrc`` / ``*.dv``),
     sorted and de-duplicated. A plain path is kept even if missing (it is reported later)."""
     import glob
 
@@ -543,7 +604,7 @@ def find_inputs(patterns: Iterable[str]) -> list[Path]:
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
-            matches = sorted([*p.glob("*.tif"), *p.glob("*.tiff")])
+            matches = sorted([*p.glob("*.tif"), *p.glob("*.tiff"), *p.glob("*.mrc"), *p.glob("*.dv")])
         elif glob.has_magic(pattern):
             matches = [Path(m) for m in sorted(glob.glob(pattern, recursive=True))]
         else:
@@ -618,11 +679,121 @@ def wiener_maps(x: np.ndarray, spec: dict[str, Any], options, rec_std: np.ndarra
     return maps, info
 
 
+PATTERN_SOURCES = ("auto", "model", "blind")
+
+
+def pattern_source(mode: str, path: str | os.PathLike) -> str:
+    """``"model"`` or ``"blind"`` for ``mode`` in :data:`PATTERN_SOURCES`: ``auto`` takes the
+    blind full-field estimate for MRC / DeltaVision files (real acquisitions) and the network's
+    own estimate for TIFFs (the simulated test stacks it was trained on)."""
+    if mode not in PATTERN_SOURCES:
+        raise ValueError(f"pattern source must be one of {PATTERN_SOURCES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "blind" if Path(path).suffix.lower() in MRC_SUFFIXES else "model"
+
+
+def blind_image_pattern(x: np.ndarray, spec: dict[str, Any], pixel_nm: float | None,
+                        wavelength_nm: float | None, source: str, period_hint: float | None = None
+                        ) -> tuple[tuple[PatternEstimate, tuple[float, float]], PatternDiagnosis, float]:
+    """The blind, full-field pattern of normalised frames ``x`` ``(F, H, W)`` for a real acquisition.
+
+    :func:`~simuq_core.pattern.diagnose_pattern` estimates the pattern over the whole field
+    (:func:`~simuq_core.pattern.estimate_pattern_blind`; the network's own estimate searches only
+    ``period_lr × (1 ∓ tolerance)`` on a centred crop with a cross-correlation that fails near the
+    OTF cut-off, e.g. TIRF-SIM) under the angle-major and the phase-major reading, so a weak
+    pattern is not blamed on the frame order. The OTF cut-off ``k_c = 2NA/λ·pixel`` uses the
+    model's NA and the file's pixel size and emission wavelength when it records them (else the
+    model's). Returns the image-level pattern for :class:`TiledPredictor` (phase referred to the
+    field centre ``(H/2, W/2)``), the diagnosis and ``k_c`` (cycles per camera pixel).
+    """
+    optics, lp = spec["model"]["optics"], spec["model"]["light_pattern"]
+    n_angles = int(lp["n_angles"])
+    cutoff = otf_cutoff_cycles_per_px(float(optics["na"]), float(wavelength_nm or optics["wavelength_nm"]),
+                                      float(pixel_nm or optics["lr_pixel_nm"]))
+    f, h, w = x.shape
+    diag = diagnose_pattern(x, n_angles, f // n_angles, cutoff, source=source, period_hint=period_hint)
+    est = diag.angle_major.estimate
+    image = PatternEstimate(*(np.asarray(a) for a in est))
+    return (image, (h / 2.0, w / 2.0)), diag, cutoff
+
+
+def blind_wiener_maps(x: np.ndarray, blind_pattern, otf_cutoff: float, r: int, options,
+                      rec_std: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Classical Wiener SIM of normalised frames ``(F, H, W)`` with the blind pattern
+    (:func:`blind_image_pattern`'s ``diag.angle_major``) and the ideal OTF of cut-off
+    ``otf_cutoff``, and its exact noise std from ``rec_std²`` as :func:`wiener_maps`. The blind
+    band-ratio modulation is clipped to [0.3, 1]: below it the Wiener filter amplifies the shifted
+    bands' noise (MT.mrc measures 0.09-0.39)."""
+    from simuq_core.baselines.wiener import OtfSpec, equal_step_phases, wiener_noise_variance, wiener_sim
+
+    n_angles = len(blind_pattern.period_px)
+    k = np.asarray(blind_pattern.estimate.k[0], np.float64)
+    phases = equal_step_phases(np.asarray(blind_pattern.estimate.phase[0]), x.shape[0] // n_angles)
+    modulation = np.clip(np.asarray(blind_pattern.modulation, np.float64), 0.3, 1.0)
+    otf = OtfSpec(otf_cutoff)  # ideal Airy × pixel sinc
+    image = wiener_sim(x, k, phases, modulation, otf, r, options)
+    maps = {"wiener": image.astype(np.float32)}
+    if rec_std is not None:
+        var = wiener_noise_variance(np.asarray(rec_std, np.float64) ** 2, k, phases, modulation, otf, r,
+                                    options)
+        maps["wiener_std"] = np.sqrt(np.maximum(var, 0.0)).astype(np.float32)
+    info = {"w": options.wiener_w, "pattern": "blind",
+            "period_px": (1.0 / np.linalg.norm(k, axis=-1)).tolist(), "modulation": modulation.tolist(),
+            "band_match": np.asarray(blind_pattern.estimate.contrast[0]).tolist()}
+    return maps, info
+
+
+def ood_check(x: np.ndarray, maps: dict[str, np.ndarray], reference: dict[str, Any] | None,
+              source: str) -> dict[str, Any]:
+    """The image-level OOD scores of one prediction (:func:`simuq_core.epistemic.ood_scores`,
+    from the blended maps) and, with a ``reference``, the flag: ``{"scores", "ratios",
+    "flagged", "message"}``."""
+    emitter = np.asarray(maps["emitter"], np.float64)
+    spread = float(np.mean(maps["emitter_epi_std"])) if "emitter_epi_std" in maps else 0.0
+    scores = {"epistemic": spread / max(float(np.mean(np.abs(emitter))), 1e-12)}
+    if "rec_total_std" in maps:
+        var = np.maximum(np.asarray(maps["rec_total_std"], np.float64) ** 2, 1e-30)
+        scores["misfit"] = float(np.mean((np.asarray(x, np.float64) - maps["rec"]) ** 2 / var))
+    out: dict[str, Any] = {"scores": scores}
+    if reference is None:
+        out["flagged"] = None
+        out["message"] = "no in-distribution reference given: not checked"
+        return out
+    missing = [k for k in ("epistemic", "misfit") if k not in scores]
+    if missing:
+        raise InputError(f"{source}: OOD scores {missing} unavailable for this model "
+                         "(needs dropout and rec variance)")
+    flags = ood_flags({k: np.asarray([v]) for k, v in scores.items()}, reference)
+    ratios = {k: float(flags[k][0]) for k in ("epistemic", "misfit", "combined")}
+    flagged = bool(flags["flagged"][0])
+    out |= {"ratios": ratios, "flagged": flagged, "percentile": reference["percentile"]}
+    out["message"] = (
+        f"{source}: outside the training distribution (OOD score {ratios['combined']:.2f}x the "
+        f"in-distribution {reference['percentile']:g}th percentile; epistemic {ratios['epistemic']:.2f}x, "
+        f"misfit {ratios['misfit']:.2f}x): the uncertainty maps may not be trustworthy; fine-tune "
+        "on your data (python -m stages.finetune)" if flagged else
+        f"{source}: within the training distribution (OOD score {ratios['combined']:.2f}x the "
+        f"{reference['percentile']:g}th percentile)")
+    return out
+
+
+def _diagnosis_summary(diag: PatternDiagnosis) -> dict[str, Any]:
+    return {"method": "blind full-field estimate (simuq_core.pattern.diagnose_pattern)", "ok": diag.ok,
+            "frame_order_suspect": diag.frame_order_suspect, "message": diag.message,
+            "angle_major": diag.angle_major.as_dict(), "phase_major": diag.phase_major.as_dict()}
+
+
 def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
                  predictor: TiledPredictor, cfg: PredictParams, model: dict[str, Any],
-                 wiener=None) -> FileResult:
+                 wiener=None, pattern: str = "model", period_hint: float | None = None,
+                 ood_reference: dict[str, Any] | None = None) -> FileResult:
     """Process one input into ``out_dir/name/`` (module docstring); errors are raised, warnings
-    returned in the :class:`FileResult`."""
+    returned in the :class:`FileResult`. ``pattern``: :func:`pattern_source` mode (``blind``: the
+    full-field estimate and its diagnosis, :func:`blind_image_pattern`, in place of the network's
+    estimate and of the quick frame-order check); ``period_hint``: its period prior (camera px);
+    ``ood_reference``: the in-distribution thresholds of the OOD score (``reference.json`` of the
+    ``epistemic`` stage): an input above them is flagged (:func:`ood_check`)."""
     t0 = time.perf_counter()
     path = Path(path)
     source = str(path)
@@ -638,12 +809,28 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
     if info.pixel_nm is not None and abs(info.pixel_nm / model_pixel_nm - 1) > _PIXEL_SIZE_TOLERANCE:
         warnings.append(f"{source}: pixel size {info.pixel_nm:.1f} nm differs from the model's "
                         f"{model_pixel_nm:.1f} nm: the PSF and pattern scale will not match")
-    order = frame_order_warnings(raw, source) if predictor.n_frames == 9 else ([], None)
+    blind = pattern_source(pattern, path) == "blind"
+    order = (frame_order_warnings(raw, source) if predictor.n_frames == 9 and not blind
+             else ([], None))
     warnings += order[0]
     x, norm = normalise(raw, offset, cfg.norm_percentile, source, offset_source)
-    maps, tiling = predictor(x, desc=path.name)
+    image_pattern = diag = None
+    if blind:
+        image_pattern, diag, cutoff = blind_image_pattern(x, spec, info.pixel_nm,
+                                                          info.metadata.get("wavelength_nm"), source,
+                                                          period_hint)
+        if not diag.ok:
+            warnings.append(diag.message)
+    maps, tiling = predictor(x, desc=path.name, pattern=image_pattern)
+    ood = ood_check(x, maps, ood_reference, source) if predictor.epistemic_samples else None
+    if ood is not None and ood.get("flagged"):
+        warnings.append(ood["message"])
     wiener_info = None
-    if wiener is not None:
+    if wiener is not None and diag is not None:
+        extra, wiener_info = blind_wiener_maps(x, diag.angle_major, cutoff, predictor.rescale, wiener,
+                                               maps.get("rec_std"))
+        maps |= extra
+    elif wiener is not None:
         extra, wiener_info = wiener_maps(x, spec, wiener, maps.get("rec_std"))
         maps |= extra
 
@@ -654,12 +841,15 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
         "input": source, "input_shape": list(info.shape), "input_dtype": str(info.dtype),
         "layout": layout, "frame_order": "angle-major: frame = 3*angle + phase",
         "model": model, "normalisation": norm.as_dict(), "tiling": tiling,
-        "pattern": order[1].as_dict() if order[1] is not None else None,
+        "pattern": (_diagnosis_summary(diag) if diag is not None
+                    else order[1].as_dict() if order[1] is not None else None),
         "light_pattern": tiling.pop("light_pattern", None),
         "warnings": warnings, "maps": {},
     }
     if wiener_info is not None:
         summary["wiener"] = wiener_info
+    if ood is not None:
+        summary["ood"] = ood
     with atomic_directory(Path(out_dir) / name) as work:
         for map_name, array_out in maps.items():
             _, _, grid_kind, axes, description = _MAPS[map_name]
@@ -688,20 +878,29 @@ def predict_files(
     on_result: Callable[[FileResult], None] | None = None,
     context: str = "image",
     wiener=None,
+    pattern: str = "model",
+    period_hint: float | None = None,
+    epistemic_samples: int = 0,
+    epistemic_seed: int = 0,
+    ood_reference: dict[str, Any] | None = None,
 ) -> PredictReport:
     """Process every input; a bad file is reported (``FileResult.ok = False``) and skipped, the
     rest are processed. Writes ``out_dir/report.json`` and returns the report. ``context``: see
     :class:`TiledPredictor`. ``wiener``: :class:`~simuq_core.baselines.wiener.WienerOptions` to
-    also write the classical Wiener SIM image and its noise std (:func:`wiener_maps`)."""
+    also write the classical Wiener SIM image and its noise std (:func:`wiener_maps`).
+    ``pattern`` / ``period_hint`` / ``ood_reference``: see :func:`predict_file`;
+    ``epistemic_samples``: MC-dropout passes (0 = the deterministic network only)."""
     out_dir = Path(out_dir)
     predictor = TiledPredictor(model, spec, tile, cfg.overlap, cfg.batch_size, progress=progress,
-                               context=context)
+                               context=context, epistemic_samples=epistemic_samples,
+                               epistemic_seed=epistemic_seed)
     info = _model_info(model_dir, spec)
     results = []
     for path, name in tqdm(list(zip(inputs, _unique_names(inputs), strict=True)), desc="predict",
                            unit="file", disable=not progress or None):
         try:
-            result = predict_file(path, out_dir, name, predictor, cfg, info, wiener)
+            result = predict_file(path, out_dir, name, predictor, cfg, info, wiener, pattern,
+                                  period_hint, ood_reference)
         except InputError as exc:
             result = FileResult(str(path), False, error=str(exc))
         except Exception as exc:  # one unexpected failure must not lose the other files

@@ -1,10 +1,14 @@
 """Stage / command ``predict``: reconstruct raw 9-frame SIM stacks with uncertainty maps.
 
-Applies a trained model to any number of TIFF stacks of any size (output layout, normalisation
-and validation: ``simuq_core/predict.py``).
+Applies a trained model to any number of TIFF or MRC / DeltaVision stacks of any size (output
+layout, normalisation and validation: ``simuq_core/predict.py``). ``--pattern auto`` (default)
+estimates the illumination of MRC / DV files (real acquisitions) blind over the full field, with a
+frame-order diagnosis, and that of TIFFs with the network's own estimate; ``blind`` / ``model``
+force one.
 
     python -m stages.predict --model models/selfsup --input "data/sim/test/*.tif" \\
-        --out data/predict/selfsup [--tile 32] [--overlap 8] [--norm-offset 100] [--device cpu]
+        --out data/predict/selfsup [--tile 32] [--overlap 8] [--norm-offset 100] [--device cpu] \\
+        [--pattern auto|model|blind] [--period-hint 2.87]
 
 Exit status: 0 all inputs done, 1 some failed (each named in the report), 2 usage errors (no
 inputs, no model, invalid params). Tile default: ``predict.tile``, else the model's training crop
@@ -23,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/selfsup", help="model folder (default: %(default)s)")
     parser.add_argument("--input", nargs="+", required=True,
-                        help="TIFF files, folders or quoted glob patterns")
+                        help="TIFF / MRC / DV files, folders or quoted glob patterns")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per input)")
     parser.add_argument("--tile", type=int, default=None, help="tile size, camera px")
     parser.add_argument("--overlap", type=int, default=None, help="tile overlap, camera px")
@@ -36,6 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", choices=("image", "tile"), default="image",
                         help="GroupNorm statistics / PSF shared by the whole image (default) or "
                              "per tile (as in training; tiles then disagree)")
+    parser.add_argument("--pattern", choices=("auto", "model", "blind"), default="auto",
+                        help="illumination estimate: blind full-field (real data), the network's, or "
+                             "auto = blind for MRC/DV files (default)")
+    parser.add_argument("--epistemic", type=int, default=None, metavar="N",
+                        help="MC-dropout passes for epistemic / total std maps (default: "
+                             "epistemic.n_samples when the model has dropout; 0 = off)")
+    parser.add_argument("--ood-reference", default=None,
+                        help="reference.json of the epistemic stage: flag inputs outside the "
+                             "training distribution")
+    parser.add_argument("--period-hint", type=float, default=None,
+                        help="blind search only near this pattern period (camera px)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -77,8 +92,27 @@ def main(argv: list[str] | None = None) -> int:
             from simuq_core.comparison import wiener_options
 
             wiener = wiener_options(params.baseline, cfg.wiener_w or params.baseline.wiener_w[0])
+        n_epi = (args.epistemic if args.epistemic is not None
+                 else params.epistemic.n_samples if float(spec["model"].get("dropout", 0.0)) > 0 else 0)
+        reference = None
+        if args.ood_reference:
+            from simuq_core.io import read_json
+
+            ref_path = Path(args.ood_reference)
+            if not ref_path.exists():
+                print(f"error: --ood-reference {ref_path}: no such file (run the epistemic stage)",
+                      file=sys.stderr)
+                return 2
+            reference = read_json(ref_path)
+            if n_epi == 0:
+                print("error: --ood-reference needs epistemic passes (a model trained with dropout, "
+                      "--epistemic N > 0)", file=sys.stderr)
+                return 2
         report = predict_files(inputs, args.out, model, spec, args.model, cfg, tile,
-                               progress=not args.quiet, context=args.context, wiener=wiener)
+                               progress=not args.quiet, context=args.context, wiener=wiener,
+                               pattern=args.pattern, period_hint=args.period_hint,
+                               epistemic_samples=n_epi, epistemic_seed=params.epistemic.seed,
+                               ood_reference=reference)
     except ValueError as exc:  # tile / overlap incompatible with the model
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -89,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{report.model['device']}); {n_warn} with warnings")
     for r in failed:
         print(f"  FAILED {r.error}")
+    for r in report.results:
+        ood = (r.summary or {}).get("ood") or {}
+        if ood.get("flagged"):
+            print(f"  OUT OF DISTRIBUTION {ood['message']}")
     return 1 if failed else 0
 
 

@@ -111,3 +111,31 @@ def test_training_with_dropout_draws_new_masks_each_step(tmp_path):
     result = trainer.fit()
     assert np.isfinite([r["loss"] for r in result.history if "loss" in r]).all()
     assert _trainer(tiny_params(), _x(8), tmp_path / "plain")._step_key(0) is None
+
+
+def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_inputs():
+    from simuq_core.predict import TiledPredictor, ood_check
+    from simuq_core.reconstruction import model_spec
+
+    p = tiny_params(model={"dropout": 0.2})
+    model = build_model(p.model, p.uq, 9, 0)
+    spec = model_spec(p.model, p.uq, 9)
+    x = _x(1, seed=3)[0]
+    mc = TiledPredictor(model, spec, tile=16, overlap=4, batch_size=2, epistemic_samples=3)
+    maps, _ = mc(x)
+    for name in ("emitter_epi_std", "emitter_total_std", "rec_total_std"):
+        assert name in maps and np.all(np.isfinite(maps[name]))
+    assert float(maps["emitter_epi_std"].mean()) > 0
+    np.testing.assert_allclose(maps["emitter_total_std"] ** 2,
+                               maps["emitter_std"] ** 2 + maps["emitter_epi_std"] ** 2, rtol=1e-4)
+    plain, _ = TiledPredictor(model, spec, tile=16, overlap=4, batch_size=2)(x)
+    assert "emitter_epi_std" not in plain
+    # Flagging: thresholds from an in-distribution reference; a tiny one flags, a huge one does not.
+    ood = ood_check(x, maps, None, "a.tif")
+    assert ood["flagged"] is None and set(ood["scores"]) == {"epistemic", "misfit"}
+    low = {"percentile": 99.0, "epistemic": {"threshold": 1e-9}, "misfit": {"threshold": 1e9}}
+    high = {"percentile": 99.0, "epistemic": {"threshold": 1e9}, "misfit": {"threshold": 1e9}}
+    flagged = ood_check(x, maps, low, "a.tif")
+    assert flagged["flagged"] and "outside the training distribution" in flagged["message"]
+    assert "a.tif" in flagged["message"]
+    assert ood_check(x, maps, high, "a.tif")["flagged"] is False
