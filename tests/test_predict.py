@@ -458,8 +458,12 @@ def test_outputs_round_trip_with_axes_and_metadata(mixed_run, trained):
                 "rec": ("ZYX", (9, 32, 32)), "rec_std": ("ZYX", (9, 32, 32)),
                 "deconv_std": ("ZYX", (9, 64, 64)),
                 "psf": ("YX", (spec["psf_size"],) * 2), "psf_std": ("YX", (spec["psf_size"],) * 2),
-                "wiener": ("YX", (64, 64)), "wiener_std": ("YX", (64, 64))}  # predict.wiener
+                "wiener": ("YX", (64, 64)), "wiener_std": ("YX", (64, 64)),  # predict.wiener
+                # the tiny profile trains with dropout: MC-dropout epistemic maps by default
+                "emitter_epi_std": ("YX", (64, 64)), "emitter_total_std": ("YX", (64, 64)),
+                "rec_total_std": ("ZYX", (9, 32, 32))}
     assert set(summary["maps"]) == set(expected)
+    assert set(summary["ood"]["scores"]) == {"epistemic", "misfit"} and summary["ood"]["flagged"] is None
     # The classical image beside the network's: its pattern is the simulated one (period 5 px).
     assert np.allclose(summary["wiener"]["period_px"], 5.0, rtol=0.03)
     assert summary["maps"]["wiener_std"]["min"] > 0
