@@ -207,7 +207,7 @@ class UQParams(_Strict):
         "diagonal",
         description="self-supervised likelihood of the 9 residuals of a camera pixel: diagonal "
         "(per-frame NLL) or full (the cross-frame covariance of every latent error, "
-        "simuq_core/frame_covariance.py; separates emitter from camera noise; ~2.6x the step)",
+        "simuq_core/frame_covariance.py; separates emitter from camera noise; ~1.3x the step)",
     )
     detach_mean_in_var: bool = Field(
         False, description="stop the mean's gradient through the variance term"

@@ -336,3 +336,144 @@ def test_full_likelihood_identifies_emitter_variance_and_noise():
     _, se_diag, eig_diag = fits["diag"]
     assert eig_diag.min() < 0.1 * eig_full.min(), (eig_diag, eig_full)
     assert se_diag[1] > 2.0 * se[1], (se_diag, se)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast paths against the formulas computed term by term
+# ----------------------------------------------------------------------------------------------
+
+
+def _reference_covariance(e, lp, psf, r, var_e=None, jac=None, var_q=None, var_p=None, weight=1.0,
+                          var_obs=None, detach=False):
+    """The module docstring's formulas built the first implementation's way: every ordered frame
+    pair (k, j) its own HR map, each term a direct full convolution sampled on the LR grid, the
+    coherent LP errors as explicit per-frame maps (zero for the other angles' frames)."""
+    sg = jax.lax.stop_gradient if detach else (lambda x: x)
+    e, lp, psf = sg(e), sg(lp), sg(psf)
+    b, f, hh, wh = lp.shape
+    k, h, w = psf.shape[-1], hh // r, wh // r
+
+    def lr(x, kernel):  # kernel (B, K, K) or (K, K); x (B, ..., Hh', Wh')
+        kernel = kernel.reshape(kernel.shape[:1] + (1,) * (x.ndim - 3) + kernel.shape[1:]) \
+            if kernel.ndim == 3 else kernel
+        off = r - 1 + k // 2
+        return ph.fft_convolve(x, kernel, "full")[..., off : off + r * h : r, off : off + r * w : r]
+
+    g = ph.merged_psf_box_kernel(psf, r)
+    cov = jnp.zeros((b, f, f, h, w), jnp.float32)
+    if jac is not None:
+        a, q, p = jac.shape[1:4]
+        err = jac * jnp.sqrt(var_q)[..., None, None, None]
+        frames = [jnp.pad(err[:, ai], ((0, 0), (0, 0), (ai * p, f - (ai + 1) * p), (0, 0), (0, 0)))
+                  for ai in range(a)]
+        errors = jnp.concatenate(frames, axis=1)  # (B, A·Q, F, Hh, Wh), one unit error each
+        lp_cov = jnp.einsum("bnkhw,bnjhw->bkjhw", errors, errors)
+        coherent = e[:, None, None] * errors
+    else:
+        lp_cov, coherent = 0.0, None
+    d = 0.0 if var_e is None else var_e[:, None, None] * (lp[:, :, None] * lp[:, None, :] + lp_cov)
+    if var_e is not None:
+        cov = cov + lr(d, g**2)
+    if coherent is not None:
+        blurred = lr(coherent, g)
+        cov = cov + jnp.einsum("bnkhw,bnjhw->bkjhw", blurred, blurred)
+    if var_p is not None:
+        box_s = ph.box_mean_full(e[:, None] * lp, r)
+        source = box_s[:, :, None] * box_s[:, None, :]
+        if var_e is not None:
+            source = source + ph.box_mean_full(d, r) / r**2
+        if coherent is not None:
+            box_a = ph.box_mean_full(coherent, r)
+            source = source + jnp.einsum("bnkhw,bnjhw->bkjhw", box_a, box_a)
+        cov = cov + weight * lr(source, var_p)
+    cov = jnp.moveaxis(cov, (1, 2), (-2, -1))
+    if var_obs is not None:
+        cov = cov + jnp.moveaxis(var_obs, 1, -1)[..., None] * jnp.eye(F).reshape(1, 1, 1, F, F)
+    return cov
+
+
+def _random_case(seed, b, lr, r, psf_size, shared_psf):
+    rng = np.random.default_rng(seed)
+    hr = lr * r
+    psf = rng.uniform(0.0, 1.0, (psf_size, psf_size) if shared_psf else (b, psf_size, psf_size))
+    psf = _f32(psf / psf.sum(axis=(-2, -1), keepdims=True))
+    ang = rng.uniform(0, np.pi) + np.arange(A) * np.pi / A
+    k = np.stack([np.sin(ang), np.cos(ang)], -1)[None] / rng.uniform(3.0, 6.0, (b, A, 1))
+    est = PatternEstimate(_f32(k), _f32(rng.uniform(0, 2 * np.pi, (b, A))), jnp.ones((b, A)),
+                          _f32(rng.uniform(-2.0, 2.0, (b, 2))))
+    vals = dict(
+        e=_f32(rng.uniform(0.2, 1.5, (b, hr, hr))), m=_f32(rng.uniform(0.4, 0.9, (b, A))),
+        var_e=_f32(rng.uniform(0.005, 0.05, (b, hr, hr))), var_p=(0.3 * psf) ** 2, psf=psf,
+        var_phase=_f32(rng.uniform(1e-3, 2e-2, (b, A))), var_mod=_f32(rng.uniform(1e-3, 2e-2, (b, A))),
+        var_k=_f32(rng.uniform(1e-5, 1e-4, (b, A))), var_obs=_f32(rng.uniform(1e-3, 3e-3, (b, F, lr, lr))))
+    return est, vals
+
+
+@pytest.mark.parametrize(("case", "detach"), [
+    ((0, 2, 8, 2, 27, False), False),
+    # Further geometries: ~30 s of compilation each on a cold cache.
+    pytest.param((1, 1, 6, 3, 9, True), True, marks=pytest.mark.slow),
+    pytest.param((2, 1, 7, 2, 13, False), False, marks=pytest.mark.slow),
+])
+def test_fast_paths_match_term_by_term_reference(case, detach):
+    """Values and gradients of the parametric path (training) and of the generic path (dense
+    Jacobian) equal the reference construction to float32 round-off. Cases: default
+    geometry (r = 2, Airy-sized K = 27, per-sample PSF), r = 3 with a shared PSF, an odd LR
+    size; offsets that need the decimated FFT's input shift are tested below."""
+    seed, b, lr, r, psf_size, shared = case
+    est, v = _random_case(seed, b, lr, r, psf_size, shared)
+    weights = _f32(np.random.default_rng(seed + 10).standard_normal((b, lr, lr, F, F)))
+
+    def reference(x):
+        lp = pattern_maps(est, x["m"], P, (lr, lr), r)
+        jac, var_q = fc.pattern_jacobian(est, x["m"], x["var_phase"], x["var_mod"], x["var_k"], P,
+                                         (lr, lr), r)
+        return _reference_covariance(x["e"], lp, x["psf"], r, x["var_e"], jac, var_q, x["var_p"],
+                                     0.7, x["var_obs"], detach)
+
+    def parametric(x):
+        return fc.parametric_residual_covariance(
+            x["e"], est, x["m"], x["psf"], r, n_phases=P, var_emitter=x["var_e"],
+            var_phase=x["var_phase"], var_modulation=x["var_mod"], var_k=x["var_k"],
+            var_psf=x["var_p"], psf_var_weight=0.7, var_obs=x["var_obs"], detach_mean_in_var=detach)
+
+    def generic(x):
+        lp = pattern_maps(est, x["m"], P, (lr, lr), r)
+        jac, var_q = fc.pattern_jacobian(est, x["m"], x["var_phase"], x["var_mod"], x["var_k"], P,
+                                         (lr, lr), r)
+        return fc.residual_covariance(x["e"], lp, x["psf"], r, var_emitter=x["var_e"],
+                                      lp_jacobian=jac, lp_param_var=var_q, var_psf=x["var_p"],
+                                      psf_var_weight=0.7, var_obs=x["var_obs"],
+                                      detach_mean_in_var=detach)
+
+    def value_and_grad(fn):  # one compiled program per path (eager autodiff is much slower)
+        return jax.jit(jax.value_and_grad(lambda x: (weights * fn(x)).sum()))(v)
+
+    ref = np.asarray(jax.jit(reference)(v), np.float64)
+    scale = np.diagonal(ref, axis1=-2, axis2=-1).max()
+    _, grad_ref = value_and_grad(reference)
+    for fn in (parametric, generic):
+        # float32: entries are sums of ~10² FFT-convolved terms of size ≤ scale, so the round-off
+        # is ~1e-6·scale (measured ≤ 1.1e-6); the old and new orders of summation differ.
+        np.testing.assert_allclose(jax.jit(fn)(v), ref, rtol=1e-4, atol=1e-5 * scale)
+        _, grad = value_and_grad(fn)
+        for key in v:
+            g_ref = np.asarray(grad_ref[key], np.float64)
+            np.testing.assert_allclose(grad[key], g_ref, rtol=1e-3, atol=1e-4 * np.abs(g_ref).max(),
+                                       err_msg=key)
+
+
+@pytest.mark.parametrize(("hr", "size", "r"), [(16, 28, 2), (15, 9, 3), (18, 14, 3), (12, 5, 1)])
+def test_decimated_fft_equals_strided_full_convolution(hr, size, r):
+    """``conv_full`` sampled at ``r·i + r − 1 + K//2`` through the small grid and the folded
+    inverse FFT, including offsets that are not multiples of ``r`` (shifted input)."""
+    rng = np.random.default_rng(hr)
+    x = _f32(rng.standard_normal((2, 3, hr, hr + 1)))
+    kernel = _f32(rng.standard_normal((2, 1, size, size)))
+    psf_size = size - r + 1  # the merged kernel G of a K-tap PSF has K + r − 1 taps
+    off, h, w = r - 1 + psf_size // 2, hr // r, (hr + 1) // r
+    grid = (fc._lr_grid(hr + size - 1, off, h, r, hr), fc._lr_grid(hr + size, off, w, r, hr + 1))
+    got = fc._decimated_irfft2(fc._filtered(x, kernel, grid), grid, r, (h, w))
+    full = ph.fft_convolve(x, kernel, "full")
+    np.testing.assert_allclose(got, full[..., off : off + r * h : r, off : off + r * w : r],
+                               rtol=1e-4, atol=1e-5)
