@@ -58,27 +58,46 @@ def load_members(model_dirs: Sequence[str | os.PathLike]) -> tuple[list, list[di
     """Load every ensemble member and refuse a set that disagrees (:func:`check_members`)."""
     if not model_dirs:
         raise ValueError("at least one model folder is needed")
+    # Check the members' specs before building anything: a mismatched member would otherwise fail
+    # later with a less telling shape error.
+    for d in model_dirs:
+        if not (Path(d) / "model.json").exists():
+            raise FileNotFoundError(f"ensemble member {d}: no model.json (train it first)")
+    check_members([read_json(Path(d) / "model.json") for d in model_dirs], [str(d) for d in model_dirs])
     loaded = [load_model(d) for d in model_dirs]
     specs = [spec for _, spec in loaded]
-    check_members(specs, [str(d) for d in model_dirs])
     modes = {spec["mode"] for spec in specs}
     if len(modes) > 1:
         raise ValueError(f"ensemble members mix training modes {sorted(modes)}: {list(map(str, model_dirs))}")
     return [model for model, _ in loaded], specs
 
 
+def total_scales(pred: Mapping[str, np.ndarray], ref, band: SimBand | None, *,
+                 affine: bool) -> dict[str, float]:
+    """σ-scaling of the total variance per component, fitted on this (val) split:
+    ``s² = mean(z²)`` (:func:`simuq_core.metrics.fit_sigma_scale`)."""
+    comps = calibration_components(pred, ref, emitter_affine_fit=affine, band=band, variance="_total")
+    return {name: m.fit_sigma_scale(c.err, np.maximum(np.asarray(c.var, np.float64), 1e-30))
+            for name, c in comps.items()}
+
+
 def split_metrics(pred: Mapping[str, np.ndarray], ref, band: SimBand | None, *,
-                  affine: bool) -> dict[str, float]:
-    """``<variance>_<component>_<metric>`` for the three variances, plus ``emitter_psnr``."""
+                  affine: bool, scales: Mapping[str, float] | None = None) -> dict[str, float]:
+    """``<variance>_<component>_<metric>`` for the three variances (and ``total_scaled``: the
+    total variance × the val split's ``scales``), plus ``emitter_psnr``."""
     out: dict[str, float] = {}
     for label, suffix in VARIANCES.items():
         comps = calibration_components(pred, ref, emitter_affine_fit=affine, band=band,
                                        variance=suffix)
         for name, comp in comps.items():
             var = np.maximum(np.asarray(comp.var, np.float64), 1e-30)  # epistemic var is 0 without dropout
-            values = m.calibration_metrics(comp.pred, comp.reference, var, component=name,
-                                           n_levels=10, n_fractions=10)
-            out |= {f"{label}_{name}_{k}": values[f"{name}_{k}"] for k in _KEYS}
+            variants = {label: var}
+            if label == "total" and scales and name in scales:
+                variants["total_scaled"] = var * scales[name]
+            for tag, v in variants.items():
+                values = m.calibration_metrics(comp.pred, comp.reference, v, component=name,
+                                               n_levels=10, n_fractions=10)
+                out |= {f"{tag}_{name}_{k}": values[f"{name}_{k}"] for k in _KEYS}
     if ref.emitter is not None:
         out["emitter_psnr"] = affine_fit_psnr(np.asarray(pred["emitter"]), ref.emitter)[0]
     return out
@@ -112,8 +131,10 @@ def epistemic_report(model_dirs: Sequence[str | os.PathLike], data_dir: str | os
         pred = run(ref.x)
         band = sim_band(split, spec, root)
         scores[name] = ood_scores(pred, ref.x)
-        if name != "val":
-            results[name] = split_metrics(pred, ref, band, affine=affine)
+        if name == "val":
+            scales = total_scales(pred, ref, band, affine=affine)
+        else:
+            results[name] = split_metrics(pred, ref, band, affine=affine, scales=scales)
             kept[name] = (ref, pred, band)
         log.info("%s: %d samples, total emitter ZMS %.3g", name, len(split),
                  results.get(name, {}).get("total_emitter_zms", float("nan")))
@@ -129,11 +150,12 @@ def epistemic_report(model_dirs: Sequence[str | os.PathLike], data_dir: str | os
                         **{f"auc_{s}": roc_auc(flags["test"][s], f[s]) for s in OOD_SCORES},
                         "flagged_fraction": float(np.mean(f["flagged"]))}
     detection["test"] = {"flagged_fraction": float(np.mean(flags["test"]["flagged"]))}
-    results["ood/combined"] = _pooled_metrics(kept, ood_names, affine)
+    results["ood/combined"] = _pooled_metrics(kept, ood_names, affine, scales)
     members = [str(d) for d in model_dirs]
     dropout = [float(s["model"].get("dropout", 0.0)) for s in specs]
     method = ("ensemble" if len(members) > 1 else "mc_dropout" if dropout[0] > 0 else "none")
     result = {"method": method, "members": members, "n_samples": cfg.n_samples,
+              "total_sigma_scale_val": scales,
               "mode": spec["mode"], "emitter_affine_fit": affine, "metrics": results,
               "ood_detection": detection, "reference": reference}
     with atomic_directory(out_dir) as work:
@@ -145,7 +167,8 @@ def epistemic_report(model_dirs: Sequence[str | os.PathLike], data_dir: str | os
     return result
 
 
-def _pooled_metrics(kept: Mapping[str, tuple], names: Sequence[str], affine: bool) -> dict[str, float]:
+def _pooled_metrics(kept: Mapping[str, tuple], names: Sequence[str], affine: bool,
+                    scales: Mapping[str, float]) -> dict[str, float]:
     """Metrics of the pooled OOD split (pixels of every shift together)."""
     from simuq_core.debug import DebugReference
 
@@ -163,7 +186,7 @@ def _pooled_metrics(kept: Mapping[str, tuple], names: Sequence[str], affine: boo
     band = None if any(b is None for b in bands) else SimBand(
         np.concatenate([b.k for b in bands]),
         np.concatenate([np.broadcast_to(b.cutoff, (len(b.k),)) for b in bands]))
-    return split_metrics(pred, ref, band, affine=affine)
+    return split_metrics(pred, ref, band, affine=affine, scales=scales)
 
 
 def _figures(fig_dir: Path, kept: Mapping[str, tuple], ood_names: Sequence[str],
@@ -206,8 +229,9 @@ def _summary(result: Mapping[str, Any]) -> str:
     if result["emitter_affine_fit"]:
         lines += ["Self-supervised emitter: affine fit to GT per sample (its scale multiplies the "
                   "std).", ""]
-    lines += ["| split | emitter PSNR | emitter ZMS alea / total | emitter cov95 alea / total | "
-              "band-limited ZMS total | band-limited cov95 total | rec ZMS total | flagged | AUC |",
+    lines += ["| split | emitter PSNR | emitter ZMS alea / total / total σ-scaled | emitter cov95 alea / "
+              "total / total σ-scaled | band-limited ZMS total | band-limited cov95 total | "
+              "rec ZMS total | flagged | AUC |",
               "|---|---|---|---|---|---|---|---|---|"]
     det = result["ood_detection"]
     for split, v in result["metrics"].items():
@@ -217,13 +241,16 @@ def _summary(result: Mapping[str, Any]) -> str:
         auc = det.get(split, {}).get("auc_combined")
         flagged = det.get(split, {}).get("flagged_fraction")
         lines.append(
-            f"| {split} | {g('emitter_psnr')} | {g('aleatoric_emitter_zms')} / {g('total_emitter_zms')} | "
-            f"{g('aleatoric_emitter_coverage_95')} / {g('total_emitter_coverage_95')} | "
+            f"| {split} | {g('emitter_psnr')} | {g('aleatoric_emitter_zms')} / {g('total_emitter_zms')} / "
+            f"{g('total_scaled_emitter_zms')} | {g('aleatoric_emitter_coverage_95')} / "
+            f"{g('total_emitter_coverage_95')} / {g('total_scaled_emitter_coverage_95')} | "
             f"{g('total_emitter_band_zms')} | {g('total_emitter_band_coverage_95')} | "
             f"{g('total_rec_zms')} | {'–' if flagged is None else f'{flagged:.2f}'} | "
             f"{'–' if auc is None else f'{auc:.3f}'} |")
     ref = result["reference"]
-    lines += ["", f"OOD score: per image, `epistemic` = mean epistemic emitter std / mean emitter, "
+    scales = ", ".join(f"{k} {v:.3g}" for k, v in result["total_sigma_scale_val"].items())
+    lines += ["", f"σ-scaled: the total variance × s² fitted on the in-distribution val split ({scales}).",
+              "", f"OOD score: per image, `epistemic` = mean epistemic emitter std / mean emitter, "
               f"`misfit` = raw-frame ZMS under the total rec variance; each divided by its "
               f"{ref['percentile']:g}th percentile on the in-distribution val split "
               f"({ref['n_val']} images); combined = the larger ratio, flagged above 1. AUC: test "

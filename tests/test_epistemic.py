@@ -139,3 +139,48 @@ def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_in
     assert flagged["flagged"] and "outside the training distribution" in flagged["message"]
     assert "a.tif" in flagged["message"]
     assert ood_check(x, maps, high, "a.tif")["flagged"] is False
+
+
+@pytest.mark.slow
+def test_epistemic_report_end_to_end_and_member_check(tmp_path):
+    import json
+
+    from simuq_core.dataset import write_dataset
+    from simuq_core.epistemic_report import epistemic_report, load_members
+    from simuq_core.experiment import run_training
+    from simuq_core.ood import write_ood_splits
+
+    # two OOD shifts keep it short; the pooled split still pools several
+    p = tiny_params(train_sup={"epochs": 1, "debug_every_epochs": 100},
+                    ood={"shifts": {"psf_na": {"psf": {"na": 1.1}},
+                                    "photons_low": {"noise": {"photons": 2.0, "photon_range": 1.0}}}})
+    write_dataset(p.simulate, tmp_path / "sim", progress=False)
+    write_ood_splits(p, tmp_path / "ood", progress=False)
+    run_training("sup", p, tmp_path / "sim", tmp_path / "m0", progress=False)
+    result = epistemic_report([tmp_path / "m0"], tmp_path / "sim", tmp_path / "ood",
+                              tmp_path / "rep", p.epistemic, batch_size=2)
+    assert result["method"] == "mc_dropout"
+    splits = set(result["metrics"])
+    assert {"test", "ood/combined"} <= splits and {f"ood/{s}" for s in p.ood.shifts} <= splits
+    test = result["metrics"]["test"]
+    for kind in ("aleatoric", "epistemic", "total", "total_scaled"):
+        assert np.isfinite(test[f"{kind}_emitter_zms"])
+    # total = aleatoric + epistemic, so its z² can only be smaller
+    assert test["total_emitter_zms"] <= test["aleatoric_emitter_zms"] + 1e-12
+    for split, det in result["ood_detection"].items():
+        assert 0.0 <= det["flagged_fraction"] <= 1.0
+        if split != "test":
+            assert 0.0 <= det["auc_combined"] <= 1.0
+    ref = json.loads((tmp_path / "rep" / "reference.json").read_text())
+    assert ref["percentile"] == p.epistemic.ood_percentile and ref["epistemic"]["threshold"] > 0
+    assert (tmp_path / "rep" / "figures" / "ood_samples.png").exists()
+    assert "| test |" in (tmp_path / "rep" / "summary.md").read_text()
+    # An ensemble member with other optics is refused, by name.
+    import shutil
+
+    shutil.copytree(tmp_path / "m0", tmp_path / "m_other")
+    spec = json.loads((tmp_path / "m_other" / "model.json").read_text())
+    spec["model"]["optics"]["na"] = 1.1
+    (tmp_path / "m_other" / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"m_other: model\.optics"):
+        load_members([tmp_path / "m0", tmp_path / "m_other"])
