@@ -94,7 +94,7 @@ def test_mc_dropout_gives_epistemic_variance_and_a_deterministic_mean_network():
     assert scores["epistemic"].shape == scores["misfit"].shape == (3,)
     assert np.all(scores["epistemic"] > 0)
     # Without dropout: one deterministic member, zero epistemic variance.
-    q = tiny_params()
+    q = tiny_params(model={"dropout": 0.0})
     plain = make_ensemble_predictor([(build_model(q.model, q.uq, 9, 0), q.uq)], 4, 0, 2)(x)
     assert float(np.abs(plain["emitter_var_epi"]).max()) == 0.0
     # Two different networks: an ensemble disagrees.
@@ -110,7 +110,7 @@ def test_training_with_dropout_draws_new_masks_each_step(tmp_path):
     assert not np.array_equal(np.asarray(k0), np.asarray(k1))
     result = trainer.fit()
     assert np.isfinite([r["loss"] for r in result.history if "loss" in r]).all()
-    assert _trainer(tiny_params(), _x(8), tmp_path / "plain")._step_key(0) is None
+    assert _trainer(tiny_params(model={"dropout": 0.0}), _x(8), tmp_path / "plain")._step_key(0) is None
 
 
 def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_inputs():

@@ -10,9 +10,10 @@ import subprocess
 import time
 import urllib.request
 
+import jax
 import pytest
 
-from tests._pipeline import BIN, ROOT, dvc, make_tiny_repo, run
+from tests._pipeline import BIN, dvc, make_tiny_repo, run
 from tests.test_reports import assert_png_not_blank
 
 
@@ -39,8 +40,9 @@ def _search_runs(port: int) -> list[dict]:
 
 @pytest.mark.slow
 def test_dvc_repro_of_the_whole_pipeline_writes_the_reports(tmp_path, monkeypatch):
-    # The stage processes share the tests' persistent compilation cache (repeat runs compile less).
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax"))
+    # The stage processes share the tests' persistent compilation cache (repeat runs compile less;
+    # conftest.py chooses the folder).
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("SIMUQ_TRACKING", raising=False)
@@ -70,6 +72,14 @@ def test_dvc_repro_of_the_whole_pipeline_writes_the_reports(tmp_path, monkeypatc
         assert {"widefield", "wiener_sim", "simuq_selfsup", "simuq_sup"} <= set(methods)
         assert all(methods[m]["psnr"] is not None for m in ("wiener_sim", "simuq_selfsup"))
         assert_png_not_blank(repo / "reports" / "quality" / "panels" / f"{level}_0.png")
+
+    # Epistemic uncertainty on the test and OOD splits, and predict's OOD flag against it.
+    for mode in ("selfsup", "sup"):
+        epi = json.loads((repo / "reports" / "epistemic" / mode / "metrics.json").read_text())
+        assert epi["method"] == "mc_dropout" and "ood/combined" in epi["ood_detection"]
+        assert (repo / "reports" / "epistemic" / mode / "reference.json").is_file()
+    report = json.loads((repo / "data" / "predict" / "selfsup" / "report.json").read_text())
+    assert all(item["ood"]["flagged"] in (True, False) for item in report["inputs"])
 
     # The calibration metrics are DVC metrics and the curves DVC plots.
     shown = json.loads(dvc(["metrics", "show", "--json"], repo).stdout)

@@ -1,7 +1,7 @@
 """The ``predict`` command: tiling and blending, image-level context, input validation, outputs.
 
-One tiny self-supervised model is trained once for the module (~30 s on 2 CPU cores); the other
-tests use a freshly initialised network or none.
+The session's tiny self-supervised model (tests/conftest.py, shared with the training and report
+tests) is the trained network here; the other tests use a freshly initialised network or none.
 """
 
 import json
@@ -14,8 +14,7 @@ import tifffile
 from flax import nnx
 
 from simuq_core.config import UQParams
-from simuq_core.dataset import write_dataset
-from simuq_core.experiment import load_model, run_training
+from simuq_core.experiment import load_model
 from simuq_core.image_context import FROZEN, POOLED, get_path, set_mode, with_context_layers
 from simuq_core.predict import (
     TiledPredictor,
@@ -44,14 +43,10 @@ def _stack(size: int, index: int = 0, split: str = "test"):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """``(model, spec, model_dir)`` of a tiny self-supervised model (trained once)."""
-    root = tmp_path_factory.mktemp("predict")
-    p = tiny_params(train_selfsup={"epochs": 4, "debug_every_epochs": 100})
-    write_dataset(p.simulate, root / "sim", progress=False)
-    run_training("selfsup", p, root / "sim", root / "model", progress=False)
-    model, spec = load_model(root / "model")
-    return model, spec, root / "model"
+def trained(selfsup_run):
+    """``(model, spec, model_dir)`` of the session's tiny self-supervised model (read-only)."""
+    model, spec = load_model(selfsup_run.model_dir)
+    return model, spec, selfsup_run.model_dir
 
 
 # -- tiling geometry and blending (no network) ------------------------------------------------

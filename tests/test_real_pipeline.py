@@ -67,18 +67,26 @@ def test_pattern_source_auto_is_blind_for_mrc_only():
         pattern_source("guess", "a.mrc")
 
 
+@pytest.fixture(scope="module")
+def pretrained_prediction(tmp_path_factory) -> Path:
+    """The predict command's output folder for MT.mrc and the untrained tiny MT model (run once:
+    the MRC test reads it, and it is the pre-trained side of the fine-tuning report)."""
+    from stages.predict import main
+
+    root = tmp_path_factory.mktemp("mt_predict")
+    out = root / "pred"
+    code = main(["--model", str(_tiny_mt_model(root / "model")), "--input", str(MT), "--out", str(out),
+                 "--params", str(_params_file(root)), "--quiet", "--device", "cpu"])
+    assert code == 0
+    return out
+
+
 @pytest.mark.slow
-def test_predict_on_mrc_uses_the_blind_full_field_pattern(tmp_path):
+def test_predict_on_mrc_uses_the_blind_full_field_pattern(pretrained_prediction):
     """MT.mrc through the predict command (MRC reader, ``--pattern auto``): every angle's period
     within 2 % of 2.87 px although the model's prior says 5 px, no frame-order blame (the pattern
     sits at 99 % of the cut-off), the Wiener map from the same pattern, maps on the 2× grid."""
-    from stages.predict import main
-
-    model = _tiny_mt_model(tmp_path / "model")
-    out = tmp_path / "pred"
-    code = main(["--model", str(model), "--input", str(MT), "--out", str(out), "--params",
-                 str(_params_file(tmp_path)), "--quiet", "--device", "cpu"])
-    assert code == 0
+    out = pretrained_prediction
     summary = json.loads((out / "MT" / "summary.json").read_text())
     periods = [a["period_px"] for a in summary["light_pattern"]["angles"]]
     assert np.all(np.abs(np.asarray(periods) / PERIOD - 1) < 0.02), periods
@@ -151,10 +159,13 @@ def test_brightest_window_finds_the_bright_square_right_of_a_column():
 
 
 @pytest.mark.slow
-def test_finetune_logs_to_mlflow_and_report_stage(tmp_path, monkeypatch):
+def test_finetune_logs_to_mlflow_and_report_stage(tmp_path, monkeypatch, pretrained_prediction):
     """Fine-tune a tiny model a few steps on MT.mrc with MLflow logging into a temporary store,
     predict with it, then the report stage: DVC metrics JSON, the figure, and the report logged
-    into the fine-tuning run."""
+    into the fine-tuning run. (The pre-trained model's prediction is the module's: the same
+    untrained network, input and predict section.)"""
+    import shutil
+
     import mlflow
 
     from stages.finetune import main as finetune_main
@@ -180,10 +191,10 @@ def test_finetune_logs_to_mlflow_and_report_stage(tmp_path, monkeypatch):
     assert "finetuned_rec_zms" in run.data.metrics and "pretrained_rec_zms" in run.data.metrics
     assert client.get_metric_history(run_id, "loss")
 
-    for name, model in (("pretrained", pre), ("finetuned", ft)):
-        assert predict_main(["--model", str(model), "--input", str(MT), "--out",
-                             str(tmp_path / "predict" / name), "--params", str(params), "--quiet",
-                             "--device", "cpu"]) == 0
+    shutil.copytree(pretrained_prediction, tmp_path / "predict" / "pretrained")
+    assert predict_main(["--model", str(ft), "--input", str(MT), "--out",
+                         str(tmp_path / "predict" / "finetuned"), "--params", str(params), "--quiet",
+                         "--device", "cpu"]) == 0
     figure = tmp_path / "fig.png"
     assert report_main(["--predict", str(tmp_path / "predict"), "--finetuned", str(ft), "--out",
                         str(tmp_path / "report"), "--figure", str(figure), "--params", str(params)]) == 0

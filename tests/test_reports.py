@@ -1,7 +1,7 @@
 """The report stages on tiny trained models: debug export, calibration report, figures, tools.
 
-One tiny model per mode is trained once for the module (about half a minute each on 2 cores);
-everything else reuses it.
+The session's tiny model of each mode (tests/conftest.py, shared with the training and predict
+tests) is all these tests train; everything else reuses it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from matplotlib import image as mpimg
 
 from simuq_core import metrics
 from simuq_core.config import CalibrateParams, ExportDebugParams
-from simuq_core.dataset import load_split, write_dataset
+from simuq_core.dataset import load_split
 from simuq_core.debug import wait_for_figures
 from simuq_core.evaluation import affine_align, make_predictor, pool_gt, pool_psf
-from simuq_core.experiment import load_model, run_training, save_model
+from simuq_core.experiment import load_model, save_model
 from simuq_core.reconstruction import build_model, model_spec
 from simuq_core.reports import calibrate_model, choose_samples, export_debug
 from stages import plot_calibration_curves, plot_metrics_curves
@@ -33,21 +33,9 @@ GT_PNGS = ("input", "emitter_pred_gt", "lp_pred_gt", "psf_pred_gt", "emitter_nll
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "sim"
-    write_dataset(tiny_params().simulate, root, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    """``{mode: model folder}`` of one tiny model per mode (one debug sample: figures cost)."""
-    root = tmp_path_factory.mktemp("models")
-    one = {"n_debug_samples": 1}
-    for mode in MODES:
-        run_training(mode, tiny_params(train_selfsup=one, train_sup=one), tiny_data, root / mode,
-                     progress=False)
-    return {mode: root / mode for mode in MODES}
+def trained(selfsup_run, sup_run):
+    """``{mode: model folder}`` of the session's tiny models (read-only)."""
+    return {"selfsup": selfsup_run.model_dir, "sup": sup_run.model_dir}
 
 
 def assert_png_not_blank(path: Path) -> None:

@@ -7,31 +7,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import yaml
 from flax import nnx
 
-from simuq_core.config import Params, parse_params
-from simuq_core.dataset import write_dataset
-from simuq_core.experiment import apply_gt_norm, load_model, run_training
+from simuq_core.config import Params
+from simuq_core.experiment import apply_gt_norm, load_model
 from simuq_core.objectives import selfsup_objective
 from simuq_core.reconstruction import build_model, predict
 from simuq_core.training import Trainer, TrainingDiverged
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_params(**sections) -> Params:
-    raw = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
-    for name, values in sections.items():
-        raw[name] = {**raw[name], **values}
-    return parse_params(raw)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "sim"
-    write_dataset(tiny_params().simulate, root, progress=False)
-    return root
+from tests._tiny import tiny_params  # (other test modules import it from here too)
 
 
 def _trainer(params: Params, x: np.ndarray, out: Path, devices=None, **kw) -> Trainer:
@@ -106,10 +89,12 @@ def test_full_frame_covariance_objective_gives_finite_loss_and_gradients(tmp_pat
     map, emitter and PSF terms are all wired in."""
     from simuq_core.frame_covariance import covariance_diagonal, covariance_of_prediction
 
-    x = _x(2)
+    # (batch of 4 on 2 devices: the diagonal case is then the same program as the two-device
+    # trainer below, compiled once)
+    x = _x(4)
     losses = {}
     for mode in ("diagonal", "full"):
-        p = tiny_params(uq={"frame_covariance": mode})
+        p = tiny_params(uq={"frame_covariance": mode}, train_selfsup={"batch_size": 4})
         trainer = _trainer(p, x, tmp_path / mode)
         loss, _, grads = trainer.loss_and_grads({"x": jax.numpy.asarray(x)})
         assert np.isfinite(float(loss))
@@ -160,8 +145,14 @@ def _params_of(trainer: Trainer) -> list[np.ndarray]:
     return [np.asarray(v) for v in jax.tree.leaves(jax.device_get(trainer.params))]
 
 
+# Both engine tests below train with these settings: the learning-rate schedule is part of the
+# compiled step, so equal settings let the second test load the first one's program from the
+# persistent compilation cache.
+_ENGINE = {"epochs": 3, "batch_size": 2, "keep_checkpoints": 2}
+
+
 def test_training_is_deterministic_and_resume_matches_an_uninterrupted_run(tmp_path):
-    p = tiny_params(train_selfsup={"epochs": 3, "batch_size": 2, "keep_checkpoints": 2})
+    p = tiny_params(train_selfsup=_ENGINE)
     x = _x(4)
     a = _trainer(p, x, tmp_path / "a")
     a.fit()
@@ -194,7 +185,7 @@ def test_training_is_deterministic_and_resume_matches_an_uninterrupted_run(tmp_p
 
 
 def test_non_finite_loss_stops_naming_step_and_terms_and_keeps_checkpoint(tmp_path):
-    p = tiny_params(train_selfsup={"epochs": 2, "batch_size": 2})
+    p = tiny_params(train_selfsup=_ENGINE)
     x = _x(4)
     good = _trainer(p, x, tmp_path / "m", on_epoch_end=lambda e: (_ for _ in ()).throw(
         KeyboardInterrupt) if e == 0 else None)
@@ -218,10 +209,12 @@ def test_non_finite_loss_stops_naming_step_and_terms_and_keeps_checkpoint(tmp_pa
 
 
 @pytest.mark.parametrize("mode", ["selfsup", "sup"])
-def test_run_training_writes_model_metrics_and_debug_samples(tiny_data, tmp_path, mode):
-    p = tiny_params()
-    out = tmp_path / mode
-    metrics = run_training(mode, p, tiny_data, out, progress=False)
+def test_run_training_writes_model_metrics_and_debug_samples(request, mode):
+    # The session's tiny model of this mode (tests/conftest.py): `run_training` with the tiny
+    # profile on the tiny dataset (4 epochs of 2 steps, debug every 2 epochs), trained once and
+    # shared with the report and predict tests, which only read it.
+    trained = request.getfixturevalue(f"{mode}_run")
+    out, metrics = trained.model_dir, trained.metrics
     for key in ("rec_zms", "rec_coverage_95", "noise_corr", "emitter_psnr", "widefield_psnr",
                 "psnr_gain", "emitter_std_p95_over_mean"):
         assert np.isfinite(metrics[key]), key
@@ -239,7 +232,7 @@ def test_run_training_writes_model_metrics_and_debug_samples(tiny_data, tmp_path
                    "val_lp_corr", "val_emitter_zms"]
     assert not set(wanted) - set(header), set(wanted) - set(header)
     debug = sorted((out / "debug_samples").iterdir())
-    assert [d.name for d in debug] == ["epoch_000_step_0000002", "epoch_001_step_0000004"]
+    assert [d.name for d in debug] == ["epoch_001_step_0000004", "epoch_003_step_0000008"]
     with np.load(debug[-1] / "uq_uncertainty.npz") as npz:
         for key in ("rec_std", "deconv_std", "emitter_std", "emitter_logvar", "lp_std", "psf_std"):
             assert key in npz.files, key
