@@ -73,7 +73,7 @@ from tqdm.auto import tqdm
 
 from simuq_core.acquisition import MRC_SUFFIXES, read_acquisition
 from simuq_core.config import PredictParams, UQParams
-from simuq_core.epistemic import EnsembleAccumulator, member_keys, ood_flags
+from simuq_core.epistemic import EnsembleAccumulator, member_keys, ood_flags, ood_scores
 from simuq_core.image_context import (
     FROZEN,
     PER_INPUT,
@@ -749,21 +749,20 @@ def ood_check(x: np.ndarray, maps: dict[str, np.ndarray], reference: dict[str, A
     """The image-level OOD scores of one prediction (:func:`simuq_core.epistemic.ood_scores`,
     from the blended maps) and, with a ``reference``, the flag: ``{"scores", "ratios",
     "flagged", "message"}``."""
-    emitter = np.asarray(maps["emitter"], np.float64)
-    spread = float(np.mean(maps["emitter_epi_std"])) if "emitter_epi_std" in maps else 0.0
-    scores = {"epistemic": spread / max(float(np.mean(np.abs(emitter))), 1e-12)}
-    if "rec_total_std" in maps:
-        var = np.maximum(np.asarray(maps["rec_total_std"], np.float64) ** 2, 1e-30)
-        scores["misfit"] = float(np.mean((np.asarray(x, np.float64) - maps["rec"]) ** 2 / var))
+    # The same scores as the epistemic stage's (:func:`simuq_core.epistemic.ood_scores`), from the
+    # blended std maps of this one image.
+    pred = {"emitter": maps["emitter"][None], "rec": maps["rec"][None],
+            "emitter_var_epi": np.square(maps.get("emitter_epi_std", np.zeros_like(maps["emitter"])))[None],
+            "var_rec_total": np.maximum(np.square(np.asarray(
+                maps.get("rec_total_std", maps["rec_std"]), np.float64)), 1e-30)[None]}
+    scores = {k: float(v[0]) for k, v in ood_scores(pred, np.asarray(x)[None]).items()}
     out: dict[str, Any] = {"scores": scores}
     if reference is None:
         out["flagged"] = None
         out["message"] = "no in-distribution reference given: not checked"
         return out
-    missing = [k for k in ("epistemic", "misfit") if k not in scores]
-    if missing:
-        raise InputError(f"{source}: OOD scores {missing} unavailable for this model "
-                         "(needs dropout and rec variance)")
+    if "emitter_epi_std" not in maps or "rec_total_std" not in maps:
+        raise InputError(f"{source}: OOD scores unavailable for this model (needs MC-dropout passes)")
     flags = ood_flags({k: np.asarray([v]) for k, v in scores.items()}, reference)
     ratios = {k: float(flags[k][0]) for k in ("epistemic", "misfit", "combined")}
     flagged = bool(flags["flagged"][0])
