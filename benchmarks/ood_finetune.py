@@ -36,7 +36,7 @@ def _scores(model_dir: Path, files: list[Path], out: Path, params, reference: di
                            progress=False, epistemic_samples=params.epistemic.n_samples,
                            epistemic_seed=params.epistemic.seed, ood_reference=reference)
     oods = [r.summary["ood"] for r in report.results if r.ok]
-    ratios = {k: [o["ratios"][k] for o in oods] for k in ("epistemic", "misfit", "combined")}
+    ratios = {k: [o["ratios"][k] for o in oods] for k in oods[0]["ratios"]}
     return {"n": len(oods), "flagged_fraction": float(np.mean([o["flagged"] for o in oods])),
             **{f"median_ratio_{k}": float(np.median(v)) for k, v in ratios.items()},
             "ratios_combined": ratios["combined"]}

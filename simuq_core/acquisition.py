@@ -33,7 +33,7 @@ import numpy as np
 
 from simuq_core.validation import InputError, check_values
 
-__all__ = ["Acquisition", "SaturationWarning", "read_acquisition", "read_otf_profile"]
+__all__ = ["Acquisition", "SaturationWarning", "measured_otf", "read_acquisition", "read_otf_profile"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 MRC_SUFFIXES = (".mrc", ".dv")
@@ -178,6 +178,22 @@ def read_otf_profile(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     if step_nm is None or not _is_deltavision(path):
         raise InputError(f"{path}: expected a DeltaVision OTF file with its frequency step in the header")
     return np.asarray(data).ravel().astype(np.complex64), step_nm / 1e3
+
+
+def measured_otf(path: str | os.PathLike, pixel_nm: float):
+    """The measured OTF in ``path`` (:func:`read_otf_profile`) as ``H(fy, fx)`` in cycles per camera
+    pixel of ``pixel_nm`` (:func:`simuq_core.pattern.radial_otf`), for the blind pattern search;
+    a missing or unusable file raises :class:`InputError` naming it."""
+    from simuq_core.pattern import radial_otf
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such OTF file (microscope.otf_file)")
+    profile, dk = read_otf_profile(path)
+    try:
+        return radial_otf(profile, dk, pixel_nm)
+    except ValueError as exc:
+        raise InputError(f"{path}: not a usable OTF: {exc}") from exc
 
 
 # -- layout --------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from simuq_core.dataset import load_split
 from simuq_core.epistemic import (
     OOD_SCORES,
     check_members,
+    fit_input_model,
+    input_features,
     make_ensemble_predictor,
     ood_flags,
     ood_reference,
@@ -42,6 +44,7 @@ from simuq_core.epistemic import (
 from simuq_core.evaluation import affine_fit_psnr
 from simuq_core.experiment import load_model
 from simuq_core.io import atomic_directory, read_json, write_json
+from simuq_core.physics import otf_cutoff_cycles_per_px
 from simuq_core.quality import SimBand
 from simuq_core.reports import model_truth, sim_band
 
@@ -103,6 +106,19 @@ def split_metrics(pred: Mapping[str, np.ndarray], ref, band: SimBand | None, *,
     return out
 
 
+def training_input_model(data_dir: Path, spec: Mapping[str, Any], limit: int = 512) -> dict[str, Any]:
+    """The in-distribution model of the classical input statistics (:func:`input_features` per
+    block of the model's training-crop size, :func:`fit_input_model`) from up to ``limit`` stacks
+    of the training split, with the block size and OTF cut-off it was fitted at."""
+    optics = spec["model"]["optics"]
+    cutoff = otf_cutoff_cycles_per_px(float(optics["na"]), float(optics["wavelength_nm"]),
+                                      float(optics["lr_pixel_nm"]))
+    split = load_split(data_dir, "train", limit=limit)
+    window = int(min(spec.get("train_crop") or split.raw.shape[-2:]))
+    model = fit_input_model(input_features(split.raw, window, cutoff))
+    return model | {"window": window, "otf_cutoff": cutoff, "n_train": len(split)}
+
+
 def _ood_splits(ood_dir: Path) -> list[str]:
     manifest = ood_dir / "ood.json"
     if not manifest.exists():
@@ -125,12 +141,13 @@ def epistemic_report(model_dirs: Sequence[str | os.PathLike], data_dir: str | os
     results: dict[str, dict[str, float]] = {}
     scores: dict[str, dict[str, np.ndarray]] = {}
     kept: dict[str, tuple] = {}
+    input_model = training_input_model(Path(data_dir), spec)
     for name, root in sources:
         split = load_split(root, "val" if name == "val" else "test")
         ref = model_truth(split, spec)
         pred = run(ref.x)
         band = sim_band(split, spec, root)
-        scores[name] = ood_scores(pred, ref.x)
+        scores[name] = ood_scores(pred, ref.x, input_model)
         if name == "val":
             scales = total_scales(pred, ref, band, affine=affine)
         else:
@@ -138,7 +155,7 @@ def epistemic_report(model_dirs: Sequence[str | os.PathLike], data_dir: str | os
             kept[name] = (ref, pred, band)
         log.info("%s: %d samples, total emitter ZMS %.3g", name, len(split),
                  results.get(name, {}).get("total_emitter_zms", float("nan")))
-    reference = ood_reference(scores["val"], cfg.ood_percentile)
+    reference = ood_reference(scores["val"], cfg.ood_percentile) | {"input_model": input_model}
     ood_names = [n for n in results if n.startswith("ood/")]
     pooled_ood = {s: np.concatenate([scores[n][s] for n in ood_names]) for s in OOD_SCORES}
     flags = {n: ood_flags(scores[n], reference) for n in ["test", *ood_names]}
@@ -251,8 +268,17 @@ def _summary(result: Mapping[str, Any]) -> str:
     scales = ", ".join(f"{k} {v:.3g}" for k, v in result["total_sigma_scale_val"].items())
     lines += ["", f"σ-scaled: the total variance × s² fitted on the in-distribution val split ({scales}).",
               "", f"OOD score: per image, `epistemic` = mean epistemic emitter std / mean emitter, "
-              f"`misfit` = raw-frame ZMS under the total rec variance; each divided by its "
+              f"`misfit` = raw-frame ZMS under the total rec variance, `input` = Mahalanobis "
+              "distance of the classical input statistics (level, widefield band powers) to the "
+              "training split's; each divided by its "
               f"{ref['percentile']:g}th percentile on the in-distribution val split "
-              f"({ref['n_val']} images); combined = the larger ratio, flagged above 1. AUC: test "
-              "(in distribution) vs that split, of the combined score.", ""]
+              f"({ref['n_val']} images); combined = the largest ratio, flagged above 1. AUC: test "
+              "(in distribution) vs that split, of the combined score.", "",
+              "| split | AUC epistemic | AUC misfit | AUC input | AUC combined |", "|---|---|---|---|---|"]
+    for split, d in det.items():
+        if "auc_combined" in d:
+            lines.append(f"| {split} | " + " | ".join(
+                f"{d[k]:.3f}" if k in d else "–"
+                for k in ("auc_epistemic", "auc_misfit", "auc_input", "auc_combined")) + " |")
+    lines.append("")
     return "\n".join(lines)

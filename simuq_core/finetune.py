@@ -49,7 +49,7 @@ from simuq_core.reconstruction import PATTERN_KEYS, batch_pattern, predict
 from simuq_core.training import Trainer
 
 __all__ = ["FinetuneParams", "brightest_window", "classical_noise_variance", "field_metrics",
-           "plot_real_walkthrough", "run_finetuning", "validate", "validation_tiles"]
+           "optics_mismatch", "plot_real_walkthrough", "run_finetuning", "validate", "validation_tiles"]
 
 log = logging.getLogger("simuq.finetune")
 
@@ -119,6 +119,22 @@ def _weighted_mean(var_map: np.ndarray) -> float:
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
+
+
+def optics_mismatch(microscope: OpticsPrior, model_optics: OpticsPrior,
+                    tolerance: float = 0.02) -> str | None:
+    """A warning when the acquisitions' microscope differs from the one the pre-trained model was
+    trained for by more than ``tolerance`` (relative) in NA, wavelength or pixel; ``None`` if not.
+    Fine-tuning adapts the network but starts from the wrong PSF prior and pattern scale."""
+    names = {"na": "NA", "wavelength_nm": "emission wavelength (nm)", "lr_pixel_nm": "camera pixel (nm)"}
+    diffs = [f"{label} {getattr(microscope, key):g} vs the model's {getattr(model_optics, key):g}"
+             for key, label in names.items()
+             if abs(getattr(microscope, key) / getattr(model_optics, key) - 1.0) > tolerance]
+    if not diffs:
+        return None
+    return ("the microscope (finetune.optics / the microscope section) differs from the pre-trained "
+            "model's: " + "; ".join(diffs) + ". Pre-train on simulation matched to this microscope "
+            "(pipelines/real: simulate_matched + pretrain) for a better start")
 
 
 def validation_tiles(index: DataIndex, regions: Sequence[Region], tile: int, multiple: int,
@@ -256,6 +272,8 @@ def run_finetuning(
     n_frames = int(spec["n_frames"])
     n_angles = int(model_cfg["light_pattern"]["n_angles"])
     optics = params.optics or OpticsPrior(**model_cfg["optics"])
+    if mismatch := optics_mismatch(optics, OpticsPrior(**model_cfg["optics"])):
+        log.warning("%s", mismatch)
     crop = params.crop or int(min(spec.get("train_crop") or [64]))
     if crop % multiple:
         raise ValueError(f"crop {crop} must be a multiple of 2**model.depth = {multiple}")
@@ -266,7 +284,7 @@ def run_finetuning(
         paths, cache_dir, na=optics.na, wavelength_nm=optics.wavelength_nm,
         default_pixel_nm=optics.lr_pixel_nm, n_angles=n_angles, n_phases=n_frames // n_angles,
         frame_order=params.frame_order, period_hint=params.period_hint, norm_offset=params.norm_offset,
-        norm_percentile=params.norm_percentile, strict=params.strict)
+        norm_percentile=params.norm_percentile, strict=params.strict, otf_file=params.otf_file)
     train_regions, val_regions = split_regions(
         index, crop, val_fraction=params.val_fraction, val_files=params.val_files,
         val_block_fraction=params.val_block_fraction, multiple=multiple, seed=params.seed)

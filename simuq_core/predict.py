@@ -71,7 +71,7 @@ import tifffile
 from flax import nnx
 from tqdm.auto import tqdm
 
-from simuq_core.acquisition import MRC_SUFFIXES, read_acquisition
+from simuq_core.acquisition import MRC_SUFFIXES, measured_otf, read_acquisition
 from simuq_core.config import PredictParams, UQParams
 from simuq_core.epistemic import EnsembleAccumulator, member_keys, ood_flags, ood_scores
 from simuq_core.image_context import (
@@ -88,7 +88,13 @@ from simuq_core.physics import otf_cutoff_cycles_per_px
 from simuq_core.reconstruction import predict
 from simuq_core.simulation import normalisation_scale
 from simuq_core.tiling import Blender, TileGrid, extract_tiles, make_grid, pad_image, tile_window
-from simuq_core.validation import InputError, check_values, frame_order_warnings, to_frame_stack
+from simuq_core.validation import (
+    InputError,
+    angle_major_order,
+    check_values,
+    frame_order_warnings,
+    to_frame_stack,
+)
 
 __all__ = [
     "DEFAULT_TILE",
@@ -694,7 +700,8 @@ def pattern_source(mode: str, path: str | os.PathLike) -> str:
 
 
 def blind_image_pattern(x: np.ndarray, spec: dict[str, Any], pixel_nm: float | None,
-                        wavelength_nm: float | None, source: str, period_hint: float | None = None
+                        wavelength_nm: float | None, source: str, period_hint: float | None = None,
+                        otf_file: str | os.PathLike | None = None
                         ) -> tuple[tuple[PatternEstimate, tuple[float, float]], PatternDiagnosis, float]:
     """The blind, full-field pattern of normalised frames ``x`` ``(F, H, W)`` for a real acquisition.
 
@@ -706,13 +713,18 @@ def blind_image_pattern(x: np.ndarray, spec: dict[str, Any], pixel_nm: float | N
     model's NA and the file's pixel size and emission wavelength when it records them (else the
     model's). Returns the image-level pattern for :class:`TiledPredictor` (phase referred to the
     field centre ``(H/2, W/2)``), the diagnosis and ``k_c`` (cycles per camera pixel).
+    ``otf_file``: a measured radial OTF (:func:`~simuq_core.acquisition.measured_otf`) for the
+    search's band weights; default the ideal Airy OTF of ``k_c``.
     """
     optics, lp = spec["model"]["optics"], spec["model"]["light_pattern"]
     n_angles = int(lp["n_angles"])
+    camera_nm = float(pixel_nm or optics["lr_pixel_nm"])
     cutoff = otf_cutoff_cycles_per_px(float(optics["na"]), float(wavelength_nm or optics["wavelength_nm"]),
-                                      float(pixel_nm or optics["lr_pixel_nm"]))
+                                      camera_nm)
     f, h, w = x.shape
-    diag = diagnose_pattern(x, n_angles, f // n_angles, cutoff, source=source, period_hint=period_hint)
+    otf = measured_otf(otf_file, camera_nm) if otf_file else None
+    diag = diagnose_pattern(x, n_angles, f // n_angles, cutoff, source=source, period_hint=period_hint,
+                            otf=otf)
     est = diag.angle_major.estimate
     image = PatternEstimate(*(np.asarray(a) for a in est))
     return (image, (h / 2.0, w / 2.0)), diag, cutoff
@@ -755,7 +767,8 @@ def ood_check(x: np.ndarray, maps: dict[str, np.ndarray], reference: dict[str, A
             "emitter_var_epi": np.square(maps.get("emitter_epi_std", np.zeros_like(maps["emitter"])))[None],
             "var_rec_total": np.maximum(np.square(np.asarray(
                 maps.get("rec_total_std", maps["rec_std"]), np.float64)), 1e-30)[None]}
-    scores = {k: float(v[0]) for k, v in ood_scores(pred, np.asarray(x)[None]).items()}
+    input_model = (reference or {}).get("input_model")
+    scores = {k: float(v[0]) for k, v in ood_scores(pred, np.asarray(x)[None], input_model).items()}
     out: dict[str, Any] = {"scores": scores}
     if reference is None:
         out["flagged"] = None
@@ -764,14 +777,14 @@ def ood_check(x: np.ndarray, maps: dict[str, np.ndarray], reference: dict[str, A
     if "emitter_epi_std" not in maps or "rec_total_std" not in maps:
         raise InputError(f"{source}: OOD scores unavailable for this model (needs MC-dropout passes)")
     flags = ood_flags({k: np.asarray([v]) for k, v in scores.items()}, reference)
-    ratios = {k: float(flags[k][0]) for k in ("epistemic", "misfit", "combined")}
+    ratios = {k: float(v[0]) for k, v in flags.items() if k != "flagged"}
     flagged = bool(flags["flagged"][0])
     out |= {"ratios": ratios, "flagged": flagged, "percentile": reference["percentile"]}
+    parts = ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items() if k != "combined")
     out["message"] = (
         f"{source}: outside the training distribution (OOD score {ratios['combined']:.2f}x the "
-        f"in-distribution {reference['percentile']:g}th percentile; epistemic {ratios['epistemic']:.2f}x, "
-        f"misfit {ratios['misfit']:.2f}x): the uncertainty maps may not be trustworthy; fine-tune "
-        "on your data (python -m stages.finetune)" if flagged else
+        f"in-distribution {reference['percentile']:g}th percentile; {parts}): the uncertainty maps "
+        "may not be trustworthy; fine-tune on your data (python -m stages.finetune)" if flagged else
         f"{source}: within the training distribution (OOD score {ratios['combined']:.2f}x the "
         f"{reference['percentile']:g}th percentile)")
     return out
@@ -799,6 +812,9 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
     spec = predictor.spec
     array, info = read_stack(path)
     raw, layout = to_frame_stack(array, predictor.n_frames, source)
+    if cfg.frame_order == "phase_major":  # frame = A·phase + angle -> angle-major P·angle + phase
+        n_angles = int(spec["model"]["light_pattern"]["n_angles"])
+        raw = raw[angle_major_order(n_angles, predictor.n_frames // n_angles)]
     offset, offset_source = resolve_offset(cfg.norm_offset, path, info.metadata)
     warnings = check_values(raw, source, info.dtype, offset)
     if offset_source.startswith("none"):
@@ -817,7 +833,7 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
     if blind:
         image_pattern, diag, cutoff = blind_image_pattern(x, spec, info.pixel_nm,
                                                           info.metadata.get("wavelength_nm"), source,
-                                                          period_hint)
+                                                          period_hint, cfg.otf_file)
         if not diag.ok:
             warnings.append(diag.message)
     maps, tiling = predictor(x, desc=path.name, pattern=image_pattern)
@@ -838,7 +854,9 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
              "psf": camera_nm / predictor.rescale}
     summary: dict[str, Any] = {
         "input": source, "input_shape": list(info.shape), "input_dtype": str(info.dtype),
-        "layout": layout, "frame_order": "angle-major: frame = 3*angle + phase",
+        "layout": layout,
+        "frame_order": ("phase-major as read (frame = A*phase + angle), reordered to angle-major"
+                        if cfg.frame_order == "phase_major" else "angle-major: frame = P*angle + phase"),
         "model": model, "normalisation": norm.as_dict(), "tiling": tiling,
         "pattern": (_diagnosis_summary(diag) if diag is not None
                     else order[1].as_dict() if order[1] is not None else None),

@@ -46,13 +46,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simuq_core.acquisition import MRC_SUFFIXES, TIFF_SUFFIXES, read_acquisition
+from simuq_core.acquisition import MRC_SUFFIXES, TIFF_SUFFIXES, measured_otf, read_acquisition
 from simuq_core.io import write_json
 from simuq_core.pattern import estimate_pattern_blind
 from simuq_core.physics import otf_cutoff_cycles_per_px
 from simuq_core.reconstruction import PATTERN_KEYS
 from simuq_core.simulation import normalisation_scale
-from simuq_core.validation import InputError
+from simuq_core.validation import InputError, angle_major_order
 
 __all__ = [
     "CropStream",
@@ -193,14 +193,15 @@ def _index_one(path: Path, settings: dict[str, Any]) -> IndexedAcquisition:
     wavelength = (acq.wavelength_nm if settings["use_file_wavelength"] and acq.wavelength_nm
                   else settings["wavelength_nm"])
     cutoff = otf_cutoff_cycles_per_px(settings["na"], wavelength, pixel)
-    blind = estimate_pattern_blind(frames, n_angles, cutoff, period_hint=settings["period_hint"])
+    otf = measured_otf(settings["otf_file"], pixel) if settings.get("otf_file") else None
+    blind = estimate_pattern_blind(frames, n_angles, cutoff, period_hint=settings["period_hint"], otf=otf)
     notes += [f"{path}: {m}" for m in blind.messages]
     if blind.weak.any():
         notes.append(f"{path}: pattern weak for angle(s) {np.flatnonzero(blind.weak).tolist()}: its crops "
                      "train with an unreliable pattern")
     n_frames = n_angles * n_phases
     order = (list(range(n_frames)) if settings["frame_order"] == "angle_major"
-             else [n_angles * p + a for a in range(n_angles) for p in range(n_phases)])
+             else angle_major_order(n_angles, n_phases))
     raw_offset, raw_dtype, raw_shape = _raw_layout(path)
     est = blind.estimate
     return IndexedAcquisition(
@@ -236,6 +237,7 @@ def index_acquisitions(
     norm_offset: float | None = None,
     norm_percentile: float = 99.9,
     strict: bool = False,
+    otf_file: str | os.PathLike | None = None,
 ) -> DataIndex:
     """Index raw acquisitions (module docstring, step 1).
 
@@ -251,6 +253,8 @@ def index_acquisitions(
     norm_offset : camera offset; ``None``: the TIFF's metadata
         (:func:`~simuq_core.predict.resolve_offset`), else 0.
     strict : raise on the first bad file instead of skipping it.
+    otf_file : measured radial OTF (:func:`measured_otf`) for the blind pattern search; ``None``:
+        the ideal Airy OTF of ``na`` / ``wavelength_nm``.
 
     Raises
     ------
@@ -262,7 +266,10 @@ def index_acquisitions(
     settings = {"na": na, "wavelength_nm": wavelength_nm, "default_pixel_nm": default_pixel_nm,
                 "n_angles": n_angles, "n_phases": n_phases, "frame_order": frame_order,
                 "use_file_wavelength": use_file_wavelength, "period_hint": period_hint,
-                "norm_offset": norm_offset, "norm_percentile": norm_percentile}
+                "norm_offset": norm_offset, "norm_percentile": norm_percentile,
+                "otf_file": str(otf_file) if otf_file else None}
+    if otf_file:
+        measured_otf(otf_file, default_pixel_nm)  # an unreadable OTF stops here, before any file
     found: list[IndexedAcquisition] = []
     skipped: list[tuple[str, str]] = []
     for raw_path in paths:

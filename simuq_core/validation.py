@@ -28,6 +28,7 @@ import numpy as np
 __all__ = [
     "InputError",
     "PatternEstimate",
+    "angle_major_order",
     "check_values",
     "estimate_pattern",
     "frame_order_warnings",
@@ -63,6 +64,12 @@ def _layout_hint(shape: tuple[int, ...], n_frames: int) -> str:
     if len(shape) == 2:
         return " (a single image: SIM needs every raw frame, not a reconstruction or a widefield sum)"
     return ""
+
+
+def angle_major_order(n_angles: int, n_phases: int) -> list[int]:
+    """Indices that reorder phase-major frames (``frame = A·phase + angle``) to simuq's angle-major
+    order (``frame = P·angle + phase``): ``angle_major[P·a + p] = phase_major[A·p + a]``."""
+    return [n_angles * p + a for a in range(n_angles) for p in range(n_phases)]
 
 
 def to_frame_stack(array: np.ndarray, n_frames: int, source: str) -> tuple[np.ndarray, str]:

@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
 
-from simuq_core.config import format_validation_error
+from simuq_core.config import ParamsError, parse_section
 from stages._common import base_parser, setup_logging
 
 
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="models/finetune_real", help="output model folder")
     parser.add_argument("--cache", default=".cache/raw_index", help="index cache (patterns, normalisation)")
     args = parser.parse_args(argv)
-    from simuq_core.config import FinetuneParams, params_hash
+    from simuq_core.config import params_hash
     from simuq_core.finetune import run_finetuning
     from simuq_core.io import read_json
     from simuq_core.tracking import flatten_params, open_run
@@ -43,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     # sections the training stages need.
     try:
         raw = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).exists() else {}
-        params = FinetuneParams.model_validate((raw or {}).get("finetune") or {})
-    except ValidationError as exc:
-        print(f"error: {format_validation_error(exc, args.params)}", file=sys.stderr)
+        params = parse_section(raw, "finetune", args.params)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if not (Path(args.model) / "model.json").exists():
         print(f"error: {args.model}: no model.json (train a model first)", file=sys.stderr)

@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference.json of the epistemic stage: flag inputs outside the "
                              "training distribution")
     parser.add_argument("--period-hint", type=float, default=None,
-                        help="blind search only near this pattern period (camera px)")
+                        help="blind search only near this pattern period (camera px; default "
+                             "microscope.pattern_period_px)")
+    parser.add_argument("--frame-order", choices=("angle_major", "phase_major"), default=None,
+                        help="raw frame order (default microscope.frame_order, else angle-major)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = {k: v for k, v in (("tile", args.tile), ("overlap", args.overlap),
                                    ("batch_size", args.batch_size),
-                                   ("norm_offset", args.norm_offset), ("wiener", args.wiener))
+                                   ("norm_offset", args.norm_offset), ("wiener", args.wiener),
+                                   ("period_hint", args.period_hint), ("frame_order", args.frame_order))
                  if v is not None}
     cfg = params.predict.model_copy(update=overrides)
     setup_logging()
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         report = predict_files(inputs, args.out, model, spec, args.model, cfg, tile,
                                progress=not args.quiet, context=args.context, wiener=wiener,
-                               pattern=args.pattern, period_hint=args.period_hint,
+                               pattern=args.pattern, period_hint=cfg.period_hint,
                                epistemic_samples=n_epi, epistemic_seed=params.epistemic.seed,
                                ood_reference=reference)
     except ValueError as exc:  # tile / overlap incompatible with the model

@@ -47,7 +47,8 @@ def test_gpu_profile_is_the_original_geometry():
     [
         ("simulate", "lr_h", -4, "simulate.lr_h"),
         ("simulate", "n_samples", 0, "simulate.n_samples"),
-        ("simulate", "pattern_period_lr", 1.5, "Nyquist"),
+        ("microscope", "pattern_period_px", 1.5, "microscope.pattern_period_px"),
+        ("microscope", "frame_order", "phase_first", "microscope.frame_order"),
         ("simulate", "n_sample", 10, "simulate.n_sample: unknown key"),
         ("simulate", "hr_factor", "two", "simulate.hr_factor"),
         ("uq", "targets", ["emitter", "noise"], "uq.targets.1"),

@@ -7,6 +7,9 @@ from simuq_core.epistemic import (
     EnsembleAccumulator,
     check_members,
     combine_members,
+    fit_input_model,
+    input_distance,
+    input_features,
     make_ensemble_predictor,
     ood_flags,
     ood_reference,
@@ -113,7 +116,58 @@ def test_training_with_dropout_draws_new_masks_each_step(tmp_path):
     assert _trainer(tiny_params(model={"dropout": 0.0}), _x(8), tmp_path / "plain")._step_key(0) is None
 
 
-def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_inputs():
+def test_mahalanobis_input_model_is_chi_distributed_in_distribution(rng):
+    """Gaussian features (D = 5, known covariance): fitted on 4000 draws, the squared distance of
+    2000 new in-distribution draws has mean D (chi² with D dof; its sample mean has standard error
+    √(2D/2000) = 0.071, tolerance 5 SE = 0.35, which also covers the ~D/M estimation bias); a
+    3σ shift along one factor makes the squared distance non-central chi² (λ = 9): its median
+    distance ≈ 3.5 against ≈ 2.1 (the medians of 2000 draws are within ±0.05)."""
+    d = 5
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T + d * np.eye(d)
+    chol = np.linalg.cholesky(cov)
+    mean = rng.normal(size=d)
+    model = fit_input_model(mean + rng.normal(size=(4000, d)) @ chol.T)
+    new = mean + rng.normal(size=(2000, d)) @ chol.T
+    dist = input_distance(new[:, None, :], model)
+    assert abs(np.mean(dist**2) - d) < 0.35
+    shifted = new + 3.0 * chol[:, 0]  # 3 standard deviations along the first factor
+    assert np.median(input_distance(shifted[:, None, :], model)) > np.median(dist) + 1.0
+    # Fewer vectors than dimensions: the shrunk covariance stays invertible.
+    small = fit_input_model(rng.normal(size=(4, 8)))
+    assert small["shrinkage"] > 0 and np.all(np.isfinite(small["precision"]))
+
+
+def test_input_features_are_block_size_free_and_separate_blobs_from_filaments(rng):
+    """White noise of variance v per frame (v/9 in the widefield mean): the power of the bands
+    away from DC is v/9 whatever the block size (log within ±0.25: ≥ 16 bins per band, 16 blocks
+    of 16² or one 64², each bin ~ (v/9)·χ²₂/2); the bands next to DC are biased low by the mean
+    removal and differ between block sizes, so an image is always scored with the block size of
+    its reference. Smooth blobs are far outside the statistics of filament samples."""
+    from simuq_core.simulation import sample_rng, simulate_sample
+
+    v = 4.0
+    x = 1.0 + np.sqrt(v) * rng.normal(size=(1, 9, 64, 64))
+    for window in (16, 64):
+        feats = input_features(x, window, otf_cutoff=0.2)
+        assert feats.shape[1] == (64 // window) ** 2
+        np.testing.assert_allclose(np.median(feats[0, :, -2:], axis=0), np.log(v / 9), atol=0.25)
+    def stack(objects, i):
+        cfg = tiny_params(simulate={"objects": objects}).simulate
+        s = simulate_sample(sample_rng(0, "train", i), cfg)
+        return (s.raw - cfg.noise.offset_adu) / np.percentile(s.raw - cfg.noise.offset_adu, 99.9)
+
+    fil = {"curves": [3, 6], "tubes": [0, 0], "rings": [0, 0], "blobs": [0, 0]}
+    blob = {"curves": [0, 0], "tubes": [0, 0], "rings": [0, 0], "blobs": [2, 4],
+            "blob_sigma_nm": [200.0, 400.0]}
+    train = np.stack([stack(fil, i) for i in range(24)])
+    model = fit_input_model(input_features(train, 16, 0.33))
+    ind = input_distance(input_features(np.stack([stack(fil, 100 + i) for i in range(6)]), 16, 0.33), model)
+    out = input_distance(input_features(np.stack([stack(blob, 200 + i) for i in range(6)]), 16, 0.33), model)
+    assert out.min() > ind.max(), (ind, out)
+
+
+def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_inputs(rng):
     from simuq_core.predict import TiledPredictor, ood_check
     from simuq_core.reconstruction import model_spec
 
@@ -139,6 +193,13 @@ def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_in
     assert flagged["flagged"] and "outside the training distribution" in flagged["message"]
     assert "a.tif" in flagged["message"]
     assert ood_check(x, maps, high, "a.tif")["flagged"] is False
+    # With an input-statistics model in the reference, its score joins (and here decides) the flag.
+    feats = input_features(x[None], 16, 0.33)
+    far = fit_input_model(feats[0] + 10.0 + rng.normal(size=(32, feats.shape[-1])))
+    by_input = high | {"input": {"threshold": 3.0}, "input_model": far | {"window": 16, "otf_cutoff": 0.33}}
+    checked = ood_check(x, maps, by_input, "a.tif")
+    assert set(checked["scores"]) == {"epistemic", "misfit", "input"}
+    assert checked["flagged"] and "input" in checked["message"] and checked["ratios"]["input"] > 1
 
 
 @pytest.mark.slow
@@ -173,6 +234,8 @@ def test_epistemic_report_end_to_end_and_member_check(tmp_path):
             assert 0.0 <= det["auc_combined"] <= 1.0
     ref = json.loads((tmp_path / "rep" / "reference.json").read_text())
     assert ref["percentile"] == p.epistemic.ood_percentile and ref["epistemic"]["threshold"] > 0
+    assert ref["input"]["threshold"] > 0 and ref["input_model"]["window"] == p.simulate.lr_h
+    assert all("auc_input" in d for k, d in result["ood_detection"].items() if k != "test")
     assert (tmp_path / "rep" / "figures" / "ood_samples.png").exists()
     assert "| test |" in (tmp_path / "rep" / "summary.md").read_text()
     # An ensemble member with other optics is refused, by name.

@@ -21,6 +21,8 @@ CUTOFF = 2 * NA * PIXEL / WAVELENGTH
 
 def _sim_cfg(**overrides):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if "pattern_period_lr" in overrides:  # the microscope's pattern period is the simulated one
+        raw["microscope"]["pattern_period_px"] = overrides.pop("pattern_period_lr")
     raw["simulate"] |= overrides
     # the tests speak of the default photon budget: every sample at it, not the training range
     raw["simulate"]["noise"]["photon_range"] = 1.0

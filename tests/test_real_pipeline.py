@@ -23,13 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 MT = REPO / "examples" / "rdl_sim_microtubules" / "MT.mrc"
 PERIOD = 2.87  # MT.mrc's pattern period (camera px), blind estimate on the full field
 MT_OPTICS = {"na": 1.47, "wavelength_nm": 525.0, "lr_pixel_nm": 62.6}
+MT_MICROSCOPE = {"na": 1.47, "emission_nm": 525.0, "pixel_nm": 62.6}
 
 
 def _tiny_mt_model(folder: Path) -> Path:
     """An untrained tiny network with MT.mrc's optics and a wrong period prior (5 px): the blind
     estimate must not depend on it."""
     raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
-    raw["model"]["optics"] = MT_OPTICS
+    raw["microscope"] |= MT_MICROSCOPE
     params = parse_params(raw)
     model = build_model(params.model, params.uq, 9, 0)
     spec = model_spec(params.model, params.uq, 9) | {"mode": "selfsup", "train_crop": [32, 32]}
@@ -40,7 +41,7 @@ def _tiny_mt_model(folder: Path) -> Path:
 
 def _params_file(tmp_path: Path, finetune: dict | None = None) -> Path:
     raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
-    raw["model"]["optics"] = MT_OPTICS
+    raw["microscope"] |= MT_MICROSCOPE | {"pattern_period_px": None}  # blind search
     raw["predict"] |= {"tile": 64, "overlap": 16, "wiener": True, "wiener_w": 0.1}
     if finetune is not None:
         raw["finetune"] = finetune
