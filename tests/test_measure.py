@@ -222,3 +222,26 @@ def test_command(files, tmp_path, capsys):
     params.write_text(yaml.safe_dump({"finetune": {"inputs": [str(files / "bad.tif")]}}))
     assert main(["--params", str(params), "--out", str(tmp_path / "none.json")]) == 2
     assert "bad.tif" in capsys.readouterr().err
+
+
+def test_simulate_stage_matches_a_measurement(measured, tmp_path):
+    """``python -m stages.simulate --match measured.json``: the data are simulated at the measured
+    pattern and photon level (the manifest records the merged section); a file without an
+    override is refused by name."""
+    from stages.simulate import main as simulate_main
+
+    (photons, period, *_), _, m = measured
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps({"override": simulate_override([m])}))
+    params = ROOT / "profiles" / "tiny.yaml"
+    simulate_main(["--params", str(params), "--out", str(tmp_path / "sim"), "--match", str(path), "--quiet"])
+    manifest = json.loads((tmp_path / "sim" / "dataset.json").read_text())
+    sim = manifest["params"]
+    assert sim["pattern_period_lr"] == pytest.approx(period, rel=0.015)
+    assert sim["noise"]["photons"] == pytest.approx(simulate_override([m])["noise"]["photons"])
+    assert sim["lr_h"] == yaml.safe_load(params.read_text())["simulate"]["lr_h"]  # geometry kept
+    (tmp_path / "bad.json").write_text(json.dumps({"files": []}))
+    with pytest.raises(SystemExit, match="bad.json"):
+        simulate_main(["--params", str(params), "--out", str(tmp_path / "sim2"), "--match",
+                       str(tmp_path / "bad.json")])
+    assert not (tmp_path / "sim2").exists()
