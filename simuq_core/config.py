@@ -332,6 +332,9 @@ class TrainParams(_Strict):
     max_val_samples: int | None = Field(None, ge=1, description="cap on val samples per epoch")
     psf_prior_weight: float = Field(1.0, ge=0.0, description="pull of the PSF towards the prior")
     lp_smooth_weight: float = Field(0.0, ge=0.0, description="LP smoothness regulariser")
+    freeze: list[str] = Field(
+        default_factory=list, description="parameters kept fixed: path prefixes such as "
+        "emitter_logvar_head (simuq_core.training.make_optimizer)")
     gt_norm: Literal["none", "minmax", "minmax_full", "minmax_per_channel"] = Field(
         "none", description="supervised GT normalisation (train_sup only)"
     )
@@ -381,6 +384,10 @@ class MicroscopeParams(_Strict):
     otf_file: str | None = Field(None, description="measured radial OTF (Priism / DeltaVision "
                                  "*_OTF2d.mrc), relative to the repo root: used by the blind "
                                  "pattern search; null = the ideal Airy OTF of na / emission_nm")
+    equalize_frames: bool | None = Field(
+        None, description="the frames (angles) differ in total intensity (lamp / laser power per "
+        "angle): divide every frame by its whole-field mean relative to the stack's, in fine-tuning "
+        "and predict alike; null = as those sections say")
 
 
 # Where each microscope fact is copied to: (microscope key, dotted target, condition). A condition
@@ -411,6 +418,8 @@ MICROSCOPE_KEYS: tuple[tuple[str, str, str | None], ...] = (
     ("camera_gain_adu_per_e", "simulate.noise.gain_adu_per_e", None),
     ("otf_file", "finetune.otf_file", None),
     ("otf_file", "predict.otf_file", None),
+    ("equalize_frames", "finetune.equalize_frames", None),
+    ("equalize_frames", "predict.equalize_frames", None),
 )
 
 
@@ -497,6 +506,9 @@ class PredictParams(_Strict):
                                  "(microscope.otf_file); null = Airy")
     period_hint: float | None = Field(None, gt=2.0, lt=100.0, description="blind pattern search only "
                                       "within 5 % of this period (camera px; microscope.pattern_period_px)")
+    equalize_frames: bool = Field(
+        False, description="divide every frame by its relative mean intensity over the field "
+        "(simuq_core.predict.frame_gains); must match the model's finetune.equalize_frames")
 
 
 class BaselineParams(_Strict):
@@ -582,6 +594,14 @@ class FinetuneParams(_Strict):
     resume: bool = False
     psf_prior_weight: float = Field(1.0, ge=0.0)
     lp_smooth_weight: float = Field(0.0, ge=0.0)
+    var_refit_epochs: int = Field(
+        0, ge=0, le=1000, description="then re-fit only the variance heads (log-variance heads and the "
+        "camera-noise coefficients) for this many epochs, with a fresh optimiser: the variance the "
+        "pre-trained misfit inflated follows the final residual (0 = off)")
+    var_refit_lr: float = Field(2e-3, gt=0.0, lt=1.0, description="learning rate of the variance re-fit")
+    freeze: list[str] = Field(
+        default_factory=list, description="parameters the fine-tuning leaves as pre-trained: path "
+        "prefixes, e.g. [emitter_logvar_head] (the emitter std of the pre-trained model)")
     optics: OpticsPrior | None = Field(
         None, description="the acquisitions' microscope (NA, emission λ, pixel) for the blind pattern "
         "search and the resolution limits; null = the model's optics. A file's own pixel size and "
@@ -593,6 +613,9 @@ class FinetuneParams(_Strict):
                                  "(microscope.otf_file); null = Airy")
     norm_offset: float | None = Field(None, description="camera offset; null = TIFF metadata, else 0")
     norm_percentile: float = Field(99.9, gt=50.0, le=100.0)
+    equalize_frames: bool = Field(
+        False, description="divide every frame by its relative mean intensity over the whole field "
+        "(per-angle illumination differences the mean-1 light pattern cannot fit)")
     strict: bool = Field(False, description="stop at the first bad file instead of skipping it")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="held-out share of the acquisitions")
     val_files: list[str] = Field(default_factory=list, description="held-out files (overrides the fraction)")
@@ -612,7 +635,8 @@ class FinetuneParams(_Strict):
                            grad_clip=self.grad_clip, mean_first_epochs=self.mean_first_epochs,
                            log_every=self.log_every, debug_every_epochs=self.epochs,
                            keep_checkpoints=self.keep_checkpoints, resume=self.resume,
-                           psf_prior_weight=self.psf_prior_weight, lp_smooth_weight=self.lp_smooth_weight)
+                           psf_prior_weight=self.psf_prior_weight, lp_smooth_weight=self.lp_smooth_weight,
+                           freeze=self.freeze)
 
 
 def _default_ood_shifts() -> dict[str, dict[str, Any]]:

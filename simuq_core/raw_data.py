@@ -77,7 +77,8 @@ class IndexedAcquisition:
     pixel array lies in the file (``raw_offset`` ``None``: not memory-mappable, read by page);
     ``pattern_k`` ``(T, A, 2)`` cycles/px, ``pattern_phase`` / ``pattern_contrast`` ``(T, A)``,
     phase referred to the field centre ``(H/2, W/2)``; ``pattern`` the estimate's summary
-    (periods, orientations, detection z, messages)."""
+    (periods, orientations, detection z, messages); ``frame_gain`` ``(T, F)``: the frames' relative
+    intensities (:func:`~simuq_core.predict.frame_gains`) that crops are divided by, or ``None``."""
 
     path: str
     shape: tuple[int, int, int, int]
@@ -96,6 +97,7 @@ class IndexedAcquisition:
     pattern_contrast: list
     pattern: dict[str, Any]
     warnings: tuple[str, ...] = ()
+    frame_gain: list | None = None
 
     def pattern_arrays(self, t: int, origin: tuple[int, int], crop: tuple[int, int]) -> dict[str, np.ndarray]:
         """The :data:`PATTERN_KEYS` arrays of time point ``t`` for the crop of shape ``crop`` at
@@ -175,7 +177,7 @@ def _cache_key(path: Path, settings: dict[str, Any]) -> str:
 
 def _index_one(path: Path, settings: dict[str, Any]) -> IndexedAcquisition:
     """Read, validate, normalise and estimate one file (module docstring, step 1)."""
-    from simuq_core.predict import resolve_offset
+    from simuq_core.predict import frame_gains, resolve_offset
 
     n_angles, n_phases = settings["n_angles"], settings["n_phases"]
     with warnings.catch_warnings(record=True) as caught:
@@ -212,7 +214,8 @@ def _index_one(path: Path, settings: dict[str, Any]) -> IndexedAcquisition:
         pattern_k=np.asarray(est.k, np.float64).tolist(),
         pattern_phase=np.asarray(est.phase, np.float64).tolist(),
         pattern_contrast=np.asarray(est.contrast, np.float64).tolist(),
-        pattern=blind.as_dict() | {"offset_source": offset_source}, warnings=tuple(notes))
+        pattern=blind.as_dict() | {"offset_source": offset_source}, warnings=tuple(notes),
+        frame_gain=(frame_gains(frames, offset).tolist() if settings.get("equalize_frames") else None))
 
 
 def _from_cache(data: dict[str, Any]) -> IndexedAcquisition:
@@ -236,6 +239,7 @@ def index_acquisitions(
     period_hint: float | None = None,
     norm_offset: float | None = None,
     norm_percentile: float = 99.9,
+    equalize_frames: bool = False,
     strict: bool = False,
     otf_file: str | os.PathLike | None = None,
 ) -> DataIndex:
@@ -252,6 +256,8 @@ def index_acquisitions(
     period_hint : restrict the search to ``|k|`` within 5 % of ``1/period_hint`` (camera px).
     norm_offset : camera offset; ``None``: the TIFF's metadata
         (:func:`~simuq_core.predict.resolve_offset`), else 0.
+    equalize_frames : divide every frame by its relative intensity over the whole field
+        (:func:`~simuq_core.predict.frame_gains`), computed here once per acquisition.
     strict : raise on the first bad file instead of skipping it.
     otf_file : measured radial OTF (:func:`measured_otf`) for the blind pattern search; ``None``:
         the ideal Airy OTF of ``na`` / ``wavelength_nm``.
@@ -266,9 +272,11 @@ def index_acquisitions(
     settings = {"na": na, "wavelength_nm": wavelength_nm, "default_pixel_nm": default_pixel_nm,
                 "n_angles": n_angles, "n_phases": n_phases, "frame_order": frame_order,
                 "use_file_wavelength": use_file_wavelength, "period_hint": period_hint,
-                "norm_offset": norm_offset, "norm_percentile": norm_percentile,
-                "otf_file": str(otf_file) if otf_file else None}
-    if otf_file:
+                "norm_offset": norm_offset, "norm_percentile": norm_percentile}
+    if equalize_frames:  # absent otherwise: the cache keys of earlier indexes stay valid
+        settings["equalize_frames"] = True
+    if otf_file:  # likewise
+        settings["otf_file"] = str(otf_file)
         measured_otf(otf_file, default_pixel_nm)  # an unreadable OTF stops here, before any file
     found: list[IndexedAcquisition] = []
     skipped: list[tuple[str, str]] = []
@@ -388,8 +396,9 @@ def split_regions(index: DataIndex, crop: int, *, val_fraction: float = 0.2,
 
 
 def read_crop(entry: IndexedAcquisition, t: int, y0: int, x0: int, size: tuple[int, int]) -> np.ndarray:
-    """Normalised frames ``(F, h, w)`` float32 of one crop, read through a memory map of the file
-    (only the crop's pixels are touched) or, for unmappable TIFFs, page by page."""
+    """Normalised frames ``(F, h, w)`` float32 of one crop (each frame also divided by its
+    ``frame_gain`` when the index has them), read through a memory map of the file (only the
+    crop's pixels are touched) or, for unmappable TIFFs, page by page."""
     h, w = size
     n_frames = entry.shape[1]
     pages = [t * n_frames + f for f in entry.frame_index]
@@ -404,7 +413,10 @@ def read_crop(entry: IndexedAcquisition, t: int, y0: int, x0: int, size: tuple[i
 
         with tifffile.TiffFile(entry.path) as tif:
             raw = np.stack([tif.pages[p].asarray()[y0:y0 + h, x0:x0 + w] for p in pages]).astype(np.float32)
-    return (raw - np.float32(entry.norm_offset)) / np.float32(entry.norm_scale)
+    x = (raw - np.float32(entry.norm_offset)) / np.float32(entry.norm_scale)
+    if entry.frame_gain is not None:
+        x /= np.asarray(entry.frame_gain[t], np.float32)[:, None, None]
+    return x
 
 
 def _draw_plan(regions: Sequence[Region], crop: int, n: int, seed: int, epoch: int) -> np.ndarray:

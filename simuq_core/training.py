@@ -96,12 +96,24 @@ def lr_schedule(cfg: TrainParams, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(cfg: TrainParams, total_steps: int) -> optax.GradientTransformation:
-    """AdamW on :func:`lr_schedule`, global-norm clipping; no decay on 1-D params."""
-    return optax.chain(
+    """AdamW on :func:`lr_schedule`, global-norm clipping; no decay on 1-D
+    params. Parameters whose path (``emitter_logvar_head/out/kernel``) starts with one of
+    ``cfg.freeze`` get zero gradients (outside the clipping norm) and zero updates (no weight
+    decay either)."""
+    tx = optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
         optax.adamw(lr_schedule(cfg, total_steps), weight_decay=cfg.weight_decay,
                     mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)),
     )
+    if not cfg.freeze:
+        return tx
+    prefixes = tuple(cfg.freeze)
+
+    def frozen(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: _key_str(path).startswith(prefixes), params)
+
+    zero = optax.masked(optax.set_to_zero(), frozen)
+    return optax.chain(zero, tx, zero)
 
 
 def _key_str(path: tuple) -> str:
@@ -214,6 +226,10 @@ class Trainer:
         self.replicated = NamedSharding(self.mesh, P())
 
         self.graphdef, params = nnx.split(model, nnx.Param)
+        names = [_key_str(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        unknown = [f for f in cfg.freeze if not any(n.startswith(f) for n in names)]
+        if unknown:  # a typo would silently train everything
+            raise ValueError(f"freeze {unknown}: no parameter path starts with it (e.g. {names[:3]})")
         self.schedule = lr_schedule(cfg, self.total_steps)
         self.tx = make_optimizer(cfg, self.total_steps)
         self.params = jax.device_put(params, self.replicated)

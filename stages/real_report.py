@@ -37,6 +37,8 @@ def _load_input(summary: dict[str, Any], folder: Path) -> tuple[np.ndarray, dict
     raw, _ = to_frame_stack(np.asarray(array), int(summary["model"]["n_frames"]), summary["input"])
     norm = summary["normalisation"]
     x = (raw.astype(np.float64) - norm["norm_offset"]) / norm["norm_scale"]
+    if norm.get("frame_gains") is not None:
+        x = x / np.asarray(norm["frame_gains"], np.float64)[:, None, None]
     maps = {name: read_tiff(folder / entry["file"]) for name, entry in summary["maps"].items()}
     return x, maps
 

@@ -119,3 +119,30 @@ def test_end_to_end_finetune_on_mt(tmp_path):
     assert val["widefield_limit_nm"] == pytest.approx(525 / (2 * 1.47))
     assert val["sim_limit_nm"] == pytest.approx(525 / (2 * 1.47 * (1 + 0.99)), rel=0.02)
     assert val["n_tiles"] == 3
+
+
+@pytest.mark.slow
+def test_finetune_variance_refit_and_equalised_frames(tmp_path):
+    """``var_refit_epochs``: a second phase trains only the variance heads (the mean path is
+    frozen: identical to a run without the phase), on frames divided by their whole-field gains."""
+    from stages.finetune import main
+
+    pre = _tiny_model(tmp_path / "pre")
+    section = {"batch_size": 4, "epochs": 1, "crops_per_epoch": 8, "crop": 16, "lr": 1e-3, "warmup_steps": 1,
+               "log_every": 1, "val_tile": 64, "max_val_tiles": 2, "num_threads": 0, "equalize_frames": True,
+               "optics": {"na": 1.47, "wavelength_nm": 525.0, "lr_pixel_nm": 62.6}}
+    outs = {}
+    for refit in (0, 1):
+        params = {"finetune": section | {"var_refit_epochs": refit}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        outs[refit] = tmp_path / f"ft{refit}"
+        assert main(["--model", str(pre), "--input", str(MT), "--out", str(outs[refit]), "--params",
+                     str(tmp_path / "params.yaml"), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    plain, refitted = np.load(outs[0] / "model.npz"), np.load(outs[1] / "model.npz")
+    variance = [k for k in plain.files if "logvar" in k or k.startswith("obs_noise_raw")]
+    assert variance and any(not np.array_equal(plain[k], refitted[k]) for k in variance)
+    for k in set(plain.files) - set(variance):
+        np.testing.assert_array_equal(plain[k], refitted[k], err_msg=k)
+    summary = json.loads((outs[1] / "metrics.json").read_text())["train"]["var_refit"]
+    assert summary["steps"] == 2 and "backbone" in summary["frozen"]
+    assert (outs[1] / "var_refit" / "metrics.csv").is_file()

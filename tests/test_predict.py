@@ -19,6 +19,7 @@ from simuq_core.image_context import FROZEN, POOLED, get_path, set_mode, with_co
 from simuq_core.predict import (
     TiledPredictor,
     find_inputs,
+    frame_gains,
     normalise,
     read_stack,
     resolve_offset,
@@ -523,3 +524,19 @@ def test_small_and_non_square_stacks(trained, shape):
     assert all(np.isfinite(v).all() for v in maps.values())
     if info["n_tiles"] > 1:
         assert info["context_tiles"]["side"] == min(h, w)
+
+
+def test_normalise_equalize_frames_records_the_gains():
+    raw = _stack(LARGE).raw.astype(np.float64)
+    gain = np.repeat([0.9, 1.15, 0.95], 3)
+    dimmed = (raw - 100.0) * gain[:, None, None] + 100.0
+    x, norm = normalise(dimmed, 100.0, 99.9, "dimmed", equalize_frames=True)
+    _, norm0 = normalise(raw, 100.0, 99.9, "raw")
+    assert norm0.frame_gains is None and "frame_gains" not in norm0.as_dict()
+    np.testing.assert_allclose(norm.frame_gains, frame_gains(raw, 100.0) * gain / np.mean(
+        frame_gains(raw, 100.0) * gain), rtol=1e-6)
+    assert norm.as_dict()["rule"].endswith("/ frame_gains[frame]")
+    means = x.mean(axis=(-2, -1))
+    np.testing.assert_allclose(means, means.mean(), rtol=1e-5)  # every frame at the stack mean
+    with pytest.raises(ValueError, match="cannot equalise"):
+        frame_gains(np.zeros((9, 8, 8)), 0.0)

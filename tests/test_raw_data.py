@@ -272,3 +272,23 @@ def test_two_processes_read_disjoint_shares(files, tmp_path, indexed):
     for p in (0, 1):
         got = np.concatenate([np.asarray(xb, np.float32) for xb in by_index[p]["x"]])
         np.testing.assert_allclose(got, single_crops[p::2], rtol=1e-6)
+
+
+def test_equalize_frames_divides_crops_by_the_whole_field_gains(files, tmp_path):
+    """Per-angle illumination differences (0.8 / 1.2 / 1.0) are measured on the whole field and
+    divided out of every crop; without the option crops are unchanged (issue 11, MT.mrc)."""
+    from simuq_core.predict import frame_gains
+
+    stack = tifffile.imread(files[1]).astype(np.float64) - 100.0
+    gain = np.repeat([0.8, 1.2, 1.0], 3)
+    dimmed = np.round(stack * gain[:, None, None]) + 100
+    path = write_tiff(tmp_path / "dimmed.tif", dimmed.astype(np.uint16))
+    plain = index([path], tmp_path / "c").acquisitions[0]
+    equal = index([path], tmp_path / "c", equalize_frames=True).acquisitions[0]
+    assert plain.frame_gain is None
+    np.testing.assert_allclose(equal.frame_gain[0], frame_gains(dimmed, 100.0), rtol=1e-6)
+    expected = frame_gains(stack, 0.0) * gain
+    np.testing.assert_allclose(equal.frame_gain[0], expected / expected.mean(), rtol=0.01)
+    crop_plain, crop_equal = (read_crop(e, 0, 8, 16, (32, 32)) for e in (plain, equal))
+    divisor = np.asarray(equal.frame_gain[0], np.float32)[:, None, None]
+    np.testing.assert_allclose(crop_equal, crop_plain / divisor, rtol=1e-6)

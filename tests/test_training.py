@@ -243,3 +243,19 @@ def test_run_training_writes_model_metrics_and_debug_samples(request, mode):
     model, spec = load_model(out)
     assert spec["mode"] == mode and spec["psf_size"] == model.psf_size
     assert isinstance(model, nnx.Module)
+
+
+def test_make_optimizer_freezes_parameters_by_path_prefix():
+    """``freeze``: frozen parameters get zero updates (no weight decay either), the rest train."""
+    import jax.numpy as jnp
+
+    from simuq_core.config import TrainParams
+    from simuq_core.training import make_optimizer
+
+    params = {"emitter_logvar_head": {"out": {"kernel": jnp.ones((2, 2))}}, "emitter_head": jnp.ones((2, 2))}
+    grads = jax.tree.map(jnp.ones_like, params)
+    cfg = TrainParams(lr=0.1, warmup_steps=0, weight_decay=0.1, freeze=["emitter_logvar_head"])
+    tx = make_optimizer(cfg, total_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.abs(updates["emitter_logvar_head"]["out"]["kernel"]).max()) == 0.0
+    assert float(jnp.abs(updates["emitter_head"]).min()) > 0.0
