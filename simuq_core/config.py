@@ -301,6 +301,11 @@ class ModelParams(_Strict):
     dropout: float = Field(
         0.0, ge=0.0, lt=0.9, description="dropout rate of decoder / bottleneck / model-grid features "
         "in training; > 0 enables MC-dropout epistemic uncertainty (simuq_core/epistemic.py)")
+    dropout_at: list[Literal["feats", "bottleneck", "hr", "mid"]] = Field(
+        ["feats", "bottleneck", "hr"], min_length=1,
+        description="where dropout masks features: feats (U-Net output, camera grid), bottleneck "
+        "(the pooled / background heads' input), hr (model-grid features right before the output "
+        "and log-variance heads), mid (the U-Net bottleneck as its decoder reads it)")
     optics: OpticsPrior = OpticsPrior()
     light_pattern: LightPatternParams = LightPatternParams()
 
@@ -308,6 +313,8 @@ class ModelParams(_Strict):
     def _odd_psf(self) -> ModelParams:
         if self.psf_size is not None and self.psf_size % 2 == 0:
             raise ValueError(f"psf_size must be odd, got {self.psf_size}")
+        if len(set(self.dropout_at)) != len(self.dropout_at):
+            raise ValueError(f"dropout_at lists a site twice: {self.dropout_at}")
         return self
 
 

@@ -34,6 +34,9 @@ in :data:`BACKBONES` with the same ``(B, H, W, C) -> features, bottleneck`` cont
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +46,13 @@ from simuq_core.baselines.wiener_jax import wiener_sim_jax
 from simuq_core.pattern import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
 from simuq_core.physics import airy_psf, default_psf_size
 
-__all__ = ["BACKBONES", "SIMNet", "UNet", "model_psf_size"]
+__all__ = ["BACKBONES", "DROPOUT_SITES", "SIMNet", "UNet", "model_psf_size"]
+
+# Where MC dropout can mask features (``SIMNet(dropout_at=...)``): ``feats`` the U-Net output
+# (camera grid), ``bottleneck`` the input of the pooled (pattern, PSF) and background heads, ``hr``
+# the model-grid features right before the emitter / LP / log-variance heads, ``mid`` the U-Net
+# bottleneck as its decoder reads it (the skip connections bypass it).
+DROPOUT_SITES = ("feats", "bottleneck", "hr", "mid")
 
 
 def _groups(channels: int) -> int:
@@ -90,7 +99,10 @@ class UNet(nnx.Module):
             [ConvBlock(2 * chans[i], chans[i], rngs=rngs) for i in reversed(range(depth))]
         )
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array,
+                 mid_fn: Callable[[jax.Array], jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
+        """``mid_fn`` (e.g. dropout) transforms the bottleneck as the decoder reads it; the
+        returned bottleneck is the untransformed one."""
         b, h, w, _ = x.shape
         if h % 2**self.depth or w % 2**self.depth:
             raise ValueError(
@@ -102,7 +114,7 @@ class UNet(nnx.Module):
             skips.append(x)
             x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
         bottleneck = self.mid(x)
-        x = bottleneck
+        x = bottleneck if mid_fn is None else mid_fn(bottleneck)
         for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
             x = dec(jnp.concatenate([up(x), skip], axis=-1))
         return x, bottleneck
@@ -116,6 +128,10 @@ def _dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     ``1 / (1 - rate)``, so the expected activation is unchanged."""
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def _identity(x: jax.Array) -> jax.Array:
+    return x
 
 
 def _space_to_depth(x: jax.Array, r: int) -> jax.Array:
@@ -204,6 +220,7 @@ class SIMNet(nnx.Module):
         modulation_init: float = 0.8,
         logvar_init: float = -4.0,
         dropout: float = 0.0,
+        dropout_at: tuple[str, ...] = ("feats", "bottleneck", "hr"),
         rngs: nnx.Rngs,
     ):
         if psf_prior.shape != (psf_size, psf_size):
@@ -213,10 +230,15 @@ class SIMNet(nnx.Module):
         self.psf_mode = psf_mode
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        unknown = set(dropout_at) - set(DROPOUT_SITES)
+        if unknown or not dropout_at:
+            raise ValueError(f"dropout_at must be a non-empty subset of {DROPOUT_SITES}, got {dropout_at}")
         # MC dropout (epistemic uncertainty, :mod:`simuq_core.epistemic`): a key passed to
-        # ``__call__`` drops decoder, bottleneck and model-grid features at this rate; without a
-        # key the network is deterministic (the mean network, what ``predict`` runs by default).
+        # ``__call__`` drops the features of the ``dropout_at`` sites (:data:`DROPOUT_SITES`) at
+        # this rate; without a key the network is deterministic (the mean network, what
+        # ``predict`` runs by default).
         self.dropout = float(dropout)
+        self.dropout_at = tuple(site for site in DROPOUT_SITES if site in dropout_at)
         # With ``wiener_input`` the network also reads the classical Wiener SIM image of its input
         # (:func:`simuq_core.baselines.wiener_jax.wiener_sim_jax`, from the same pattern estimate):
         # on the camera grid as r² space-to-depth channels of the U-Net input, and on the model
@@ -327,17 +349,14 @@ class SIMNet(nnx.Module):
                 wiener = self.wiener_image(x, pattern)
             wiener = jax.lax.stop_gradient(wiener)[..., None]  # (B, rH, rW, 1)
             inputs = jnp.concatenate([inputs, _space_to_depth(wiener, self.rescale)], axis=-1)
-        feats, bottleneck = self.backbone(inputs)
-        if dropout_key is not None and self.dropout > 0.0:
-            keys = jax.random.split(dropout_key, 3)
-            feats = _dropout(feats, self.dropout, keys[0])
-            bottleneck = _dropout(bottleneck, self.dropout, keys[1])
+        drop = self._site_dropout(dropout_key)
+        feats, bottleneck = self.backbone(inputs, mid_fn=drop.get("mid"))
+        feats = drop.get("feats", _identity)(feats)
+        bottleneck = drop.get("bottleneck", _identity)(bottleneck)
         hr = self._to_model_grid(feats)
         if wiener is not None:
             hr = jnp.concatenate([hr, wiener], axis=-1)
-        hr = self.hr_block(hr)
-        if dropout_key is not None and self.dropout > 0.0:
-            hr = _dropout(hr, self.dropout, keys[2])
+        hr = drop.get("hr", _identity)(self.hr_block(hr))
         out = {"emitter": nnx.softplus(self.emitter_head(hr)[..., 0])}
         pooled = bottleneck.mean(axis=(1, 2))
         if self.lp_head is not None:
@@ -368,6 +387,17 @@ class SIMNet(nnx.Module):
         elif self.obs_logvar_head is not None:
             out["obs_features"] = feats
         return out
+
+    def _site_dropout(self, key: jax.Array | None) -> dict[str, Callable[[jax.Array], jax.Array]]:
+        """Site name -> its dropout function, for the configured sites (``{}``: deterministic).
+        Site ``i`` of :data:`DROPOUT_SITES` draws its mask from ``split(key, 4)[i]`` (the same keys
+        as ``split(key, 3)`` for the first three), so each site's mask does not depend on which
+        other sites are on."""
+        if key is None or self.dropout <= 0.0:
+            return {}
+        keys = jax.random.split(key, len(DROPOUT_SITES))
+        return {site: partial(_dropout, rate=self.dropout, key=keys[DROPOUT_SITES.index(site)])
+                for site in self.dropout_at}
 
     def wiener_image(self, x: jax.Array, pattern: PatternEstimate) -> jax.Array:
         """The Wiener SIM image the network reads, ``(B, rH, rW)`` (no gradient to the pattern)."""

@@ -89,6 +89,7 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
         modulation_init=lp.modulation_init,
         logvar_init=uq.logvar_init,
         dropout=model.dropout,
+        dropout_at=tuple(model.dropout_at),
         rngs=nnx.Rngs(seed),
     )
 

@@ -106,6 +106,69 @@ def test_mc_dropout_gives_epistemic_variance_and_a_deterministic_mean_network():
     assert float(pair["emitter_var_epi"].mean()) > 0.0
 
 
+# Raw network outputs each dropout site may change (every other output must stay bit-identical to
+# the deterministic pass): feats and mid reach everything computed from the U-Net features, hr only
+# the model-grid heads, bottleneck only the pooled / background heads.
+_POOLED = {"background", "psf", "psf_logvar", "pattern_logvar", "light_pattern", "lp_logvar"}
+_SITE_REACH = {
+    "feats": {"emitter", "emitter_logvar", "obs_logvar", "obs_features"},
+    "mid": {"emitter", "emitter_logvar", "obs_logvar", "obs_features"},
+    "hr": {"emitter", "emitter_logvar"},
+    "bottleneck": _POOLED,
+}
+_SITE_SHOWS = {"feats": "obs_features", "mid": "emitter", "hr": "emitter", "bottleneck": "background"}
+
+
+@pytest.mark.parametrize("sites", [["feats"], ["mid"], ["hr"], ["bottleneck"], ["mid", "bottleneck"]])
+def test_dropout_acts_only_through_the_configured_sites(sites):
+    import jax
+
+    p = tiny_params(model={"dropout": 0.3, "dropout_at": sites})
+    model = build_model(p.model, p.uq, 9, 0)
+    x = jax.numpy.asarray(_x(2))
+    det = model(x)
+    noisy = model(x, dropout_key=jax.random.PRNGKey(1))
+    reach = set().union(*(_SITE_REACH[s] for s in sites))
+    assert set(noisy) == set(det)
+    for name in det:
+        if name not in reach:
+            np.testing.assert_array_equal(noisy[name], det[name], err_msg=f"{sites} changed {name}")
+    for site in sites:
+        assert not np.array_equal(noisy[_SITE_SHOWS[site]], det[_SITE_SHOWS[site]]), site
+
+
+def test_a_sites_mask_does_not_depend_on_the_other_sites():
+    import jax
+
+    key, x = jax.random.PRNGKey(3), jax.numpy.asarray(_x(2))
+    outs = {}
+    for sites in (["bottleneck"], ["feats", "bottleneck", "hr"]):
+        p = tiny_params(model={"dropout": 0.3, "dropout_at": sites})
+        outs[len(sites)] = build_model(p.model, p.uq, 9, 0)(x, dropout_key=key)
+    np.testing.assert_array_equal(outs[1]["background"], outs[3]["background"])
+    # the default sites keep the masks of the former three-way split
+    np.testing.assert_array_equal(jax.random.split(key, 4)[:3], jax.random.split(key, 3))
+
+
+def test_dropout_sites_are_validated():
+    from pydantic import ValidationError
+
+    from simuq_core.config import ModelParams
+
+    # the schema default is the former placement (models saved before the option load unchanged);
+    # the profiles choose the U-Net bottleneck only
+    assert ModelParams().dropout_at == ["feats", "bottleneck", "hr"]
+    assert tiny_params().model.dropout_at == ["mid", "bottleneck"]
+    for bad, match in ((["head"], "dropout_at"), ([], "dropout_at"), (["hr", "hr"], "twice")):
+        with pytest.raises((ValidationError, ValueError), match=match):
+            tiny_params(model={"dropout_at": bad})
+    # stored with the model, so a loaded network drops where it was trained to
+    from simuq_core.reconstruction import model_spec
+
+    p = tiny_params(model={"dropout_at": ["mid", "bottleneck"]})
+    assert ModelParams(**model_spec(p.model, p.uq, 9)["model"]).dropout_at == ["mid", "bottleneck"]
+
+
 def test_training_with_dropout_draws_new_masks_each_step(tmp_path):
     p = tiny_params(model={"dropout": 0.3})
     trainer = _trainer(p, _x(8), tmp_path)
