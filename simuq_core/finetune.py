@@ -49,7 +49,8 @@ from simuq_core.reconstruction import PATTERN_KEYS, batch_pattern, predict
 from simuq_core.training import Trainer
 
 __all__ = ["FinetuneParams", "brightest_window", "classical_noise_variance", "field_metrics",
-           "optics_mismatch", "plot_real_walkthrough", "run_finetuning", "validate", "validation_tiles"]
+           "log_spectrum", "optics_mismatch", "plot_real_walkthrough", "run_finetuning", "validate",
+           "validation_tiles"]
 
 log = logging.getLogger("simuq.finetune")
 
@@ -459,19 +460,46 @@ def brightest_window(image: np.ndarray, size: int, x_from: int = 0) -> tuple[int
     return where
 
 
+def log_spectrum(image: np.ndarray) -> np.ndarray:
+    """``log10`` power spectrum ``(H, W)`` of ``image`` (mean removed, Hann window), zero frequency
+    at the centre."""
+    img = np.asarray(image, np.float64)
+    hann = np.outer(np.hanning(img.shape[0]), np.hanning(img.shape[1]))
+    power = np.abs(np.fft.fftshift(np.fft.fft2((img - img.mean()) * hann))) ** 2
+    return np.log10(power + 1e-12 * max(power.max(), 1e-300))
+
+
 def plot_real_walkthrough(path: str | os.PathLike, panels: Sequence[tuple[str, np.ndarray]],
-                          zoom: tuple[int, int, int], title: str, pixel_nm: float) -> Path:
-    """Full field (top row) and a zoom (bottom row, the box ``(y0, x0, size)`` in model px, drawn
-    on the top row) of each ``(title, (rH, rW) image)`` panel; 1-99 % contrast per panel, the
-    std map in its own colour map. ``pixel_nm``: model-grid pixel, for the scale bar (1 µm)."""
+                          zoom: tuple[int, int, int], title: str, pixel_nm: float,
+                          circles: Sequence[tuple[str, float]] = ()) -> Path:
+    """Full field (top row), a zoom (middle row, the box ``(y0, x0, size)`` in model px, drawn on
+    the top row) and the full field's power spectrum (bottom row, :func:`log_spectrum`) of each
+    ``(title, (rH, rW) image)`` panel; 1-99 % contrast per panel, the std map in its own colour
+    map. ``pixel_nm``: model-grid pixel, for the scale bar (1 µm). ``circles``: ``(label, radius in
+    cycles per model px)`` drawn on the spectra (e.g. the widefield cut-off and the SIM limit)."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Circle, Rectangle
 
     from simuq_core.plots import save_figure
 
     n = len(panels)
-    fig = Figure(figsize=(3.2 * n, 6.6), layout="constrained")
-    axes = fig.subplots(2, n, squeeze=False)
+    fig = Figure(figsize=(3.2 * n, 9.9), layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
+    styles = ("tab:orange", "tab:cyan", "tab:pink")
+    for j, (name, image) in enumerate(panels):
+        spec = log_spectrum(image)
+        lo, hi = np.percentile(spec, [5.0, 99.9])
+        h, w = spec.shape
+        ax = axes[2, j]
+        ax.imshow(spec, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+        for (label, radius), colour in zip(circles, styles, strict=False):
+            ax.add_patch(Circle((w // 2, h // 2), radius * w, fill=False, color=colour, lw=0.8, ls="--",
+                                label=label))
+        ax.set_title(f"{name}: power spectrum", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if circles and j == 0:
+            ax.legend(loc="lower left", fontsize=6, framealpha=0.6)
     y0, x0, size = zoom
     bar_px = 1000.0 / pixel_nm
     for j, (name, image) in enumerate(panels):

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics["period_px_mean"] = float(np.mean(1.0 / np.linalg.norm(k, axis=-1))) if angles else np.nan
             report["full_field"].setdefault(model_dir.name, {})[folder.name] = metrics
             if model_dir.name == "finetuned" and figure_input is None:
-                figure_input = (x, maps, folder.name, int(summary["model"]["rescale"]), camera_nm)
+                figure_input = (x, maps, folder.name, int(summary["model"]["rescale"]), camera_nm,
+                                metrics["period_px_mean"])
     if not report["full_field"]:
         print(f"error: {args.predict}: no successful prediction to report", file=sys.stderr)
         return 2
@@ -93,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     if figure_input is not None:
         from simuq_core.evaluation import widefield
 
-        x, maps, name, r, camera_nm = figure_input
+        x, maps, name, r, camera_nm, period = figure_input
+        cutoff = 2.0 * optics.na * camera_nm / optics.wavelength_nm  # cycles per camera px
+        circles = [("widefield cut-off 2NA/λ", cutoff / r)]
+        if np.isfinite(period):
+            circles.append(("SIM limit 2NA/λ + 1/period", (cutoff + 1.0 / period) / r))
         wf = widefield(x[None], r)[0]
         strip = int(round((1.0 - ft.val_block_fraction) * x.shape[-1])) * r
         y0, x0 = brightest_window(wf, args.zoom * r, x_from=strip)
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                                          (("Wiener SIM", "wiener"), ("simuq emitter", "emitter"),
                                           ("emitter std", "emitter_std")) if key in maps]
         plot_real_walkthrough(args.figure, panels, (y0, x0, args.zoom * r),
-                              f"{name}: fine-tuned simuq (zoom in the held-out strip)", camera_nm / r)
+                              f"{name}: fine-tuned simuq (zoom in the held-out strip)", camera_nm / r,
+                              circles)
     with model_run(args.finetuned, stage="real_report", mode="finetune") as tracker:
         flat = flatten_params(report)
         tracker.log_metrics({f"report_{k}".replace(".", "_"): float(v) for k, v in flat.items()

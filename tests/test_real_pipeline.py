@@ -227,3 +227,14 @@ def test_real_params_file_is_valid_and_matched_to_the_example():
     assert params.model.light_pattern.period_lr == pytest.approx(PERIOD, rel=0.01)
     assert params.finetune.inputs and params.finetune.crop % 2**params.model.depth == 0
     assert params.finetune.crop == params.simulate.lr_h
+
+
+def test_log_spectrum_puts_a_cosine_at_its_frequency():
+    """A cosine of 8 cycles across 64 px: the spectrum peaks 8 px from the centre (Hann window,
+    mean removed), at the top of the dynamic range."""
+    from simuq_core.finetune import log_spectrum
+
+    y, x = np.mgrid[:64, :64]
+    spec = log_spectrum(1.0 + np.cos(2 * np.pi * 8 * x / 64))
+    peak = np.unravel_index(np.argmax(spec), spec.shape)
+    assert peak in ((32, 24), (32, 40))
