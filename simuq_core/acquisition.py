@@ -21,6 +21,7 @@ Formats and readers:
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import warnings
@@ -181,6 +182,12 @@ def read_otf_profile(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
 
 def measured_otf(path: str | os.PathLike, pixel_nm: float):
+    """See :func:`_measured_otf` (cached per resolved path and pixel size: one read per run)."""
+    return _measured_otf(str(Path(path).resolve()), float(pixel_nm))
+
+
+@functools.lru_cache(maxsize=16)
+def _measured_otf(path: str | os.PathLike, pixel_nm: float):
     """The measured OTF in ``path`` (:func:`read_otf_profile`) as ``H(fy, fx)`` in cycles per camera
     pixel of ``pixel_nm`` (:func:`simuq_core.pattern.radial_otf`), for the blind pattern search;
     a missing or unusable file raises :class:`InputError` naming it."""

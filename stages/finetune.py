@@ -18,10 +18,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import yaml
-
-from simuq_core.config import ParamsError, parse_section
-from stages._common import base_parser, setup_logging
+from simuq_core.config import ParamsError
+from stages._common import base_parser, read_sections, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     # Only this stage's section is read, so the command also runs on a params file without the
     # sections the training stages need.
     try:
-        raw = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).exists() else {}
-        params = parse_section(raw, "finetune", args.params)
+        _, params = read_sections(args.params, "finetune")
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,30 +15,16 @@ no usable input (every file named with its reason).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import yaml
-
-from simuq_core.config import MicroscopeParams, ParamsError, format_validation_error, parse_section
-from stages._common import base_parser, setup_logging
+from simuq_core.config import MicroscopeParams, ParamsError
+from stages._common import base_parser, read_sections, setup_logging
 
 
 def _sections(path: str):
     """``(microscope or None, finetune, model optics)`` of the params file; ParamsError if invalid."""
-    from pydantic import ValidationError
-
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) if Path(path).exists() else {}
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    finetune = parse_section(raw, "finetune", path)
-    model = parse_section(raw, "model", path)
-    micro = (raw or {}).get("microscope")
-    try:
-        microscope = MicroscopeParams.model_validate(micro) if micro is not None else None
-    except ValidationError as err:
-        raise ParamsError(format_validation_error(err, f"{path} (microscope)")) from None
-    return microscope, finetune, model.optics
+    raw, finetune, model = read_sections(path, "finetune", "model")
+    micro = raw.get("microscope")  # validated by read_sections
+    return (MicroscopeParams.model_validate(micro) if micro is not None else None), finetune, model.optics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from stages._common import base_parser, setup_logging
 
@@ -51,14 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", required=True, help="PNG of the walkthrough figure")
     parser.add_argument("--zoom", type=int, default=64, help="zoom side in camera px (default: %(default)s)")
     args = parser.parse_args(argv)
-    from simuq_core.config import OpticsPrior, parse_section
+    from simuq_core.config import OpticsPrior
     from simuq_core.finetune import brightest_window, field_metrics, plot_real_walkthrough
     from simuq_core.io import read_json, write_json, write_text
     from simuq_core.tracking import flatten_params
-    from stages._common import model_run
+    from stages._common import model_run, read_sections
 
-    raw = yaml.safe_load(Path(args.params).read_text()) if Path(args.params).exists() else {}
-    ft = parse_section(raw, "finetune", args.params)
+    _, ft = read_sections(args.params, "finetune")
     # The microscope of the acquisitions: the finetune section's, else the fine-tuned model's.
     optics = ft.optics or OpticsPrior(**read_json(Path(args.finetuned) / "model.json")["model"]["optics"])
     setup_logging()
