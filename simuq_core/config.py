@@ -286,6 +286,12 @@ class ModelParams(_Strict):
         "checkerboard at start), plain sub-pixel convolution (the former default, ablation), or "
         "bilinear resize + convolution",
     )
+    unet_upsample: Literal["transpose", "resize_conv"] = Field(
+        "transpose",
+        description="the U-Net decoder's 2x up-sampling: 2x2 stride-2 transposed convolution "
+        "(leaves a grid at its strides in real-data emitters) or bilinear resize + 3x3 convolution "
+        "(no grid); default = what models saved before this option had",
+    )
     rescale: int = Field(2, ge=1, le=8, description="model grid = rescale x the camera grid")
     width: int = Field(32, ge=4, le=512, description="channels of the first U-Net level")
     depth: int = Field(3, ge=1, le=6, description="U-Net down-sampling levels")

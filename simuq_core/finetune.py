@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from simuq_core.comparison import checkerboard_index
 from simuq_core.config import FinetuneParams, OpticsPrior, UQParams
 from simuq_core.evaluation import widefield
 from simuq_core.experiment import load_model, save_model
@@ -48,11 +49,15 @@ from simuq_core.raw_data import CropStream, DataIndex, Region, index_acquisition
 from simuq_core.reconstruction import PATTERN_KEYS, batch_pattern, predict
 from simuq_core.training import Trainer
 
-__all__ = ["FinetuneParams", "brightest_window", "classical_noise_variance", "field_metrics",
+__all__ = ["GRID_PERIOD_PX", "FinetuneParams", "brightest_window", "classical_noise_variance", "field_metrics",
            "log_spectrum", "optics_mismatch", "plot_real_walkthrough", "run_finetuning", "validate",
            "validation_tiles"]
 
 log = logging.getLogger("simuq.finetune")
+
+# The period (camera px) at which the GT-free reports measure a fixed grid in the emitter: it
+# holds the strides of the sub-pixel up-sampling (1 px) and of two U-Net levels (2, 4 px).
+GRID_PERIOD_PX = 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,6 +232,7 @@ def validate(model: nnx.Module, uq: UQParams, tiles: dict[str, np.ndarray], inde
     k_c = 2.0 * na * pixel_nm / wavelength
     out["widefield_limit_nm"] = wavelength / (2.0 * na)
     out["sim_limit_nm"] = wavelength / (2.0 * (na + na * k_abs / k_c))
+    out["emitter_grid_index"] = checkerboard_index(pred["emitter"], GRID_PERIOD_PX * rescale)
     if "emitter_var" in pred:
         std = np.sqrt(pred["emitter_var"].reshape(len(x), -1))
         mean, p95 = std.mean(axis=1), np.percentile(std, 95, axis=1)
@@ -234,6 +240,13 @@ def validate(model: nnx.Module, uq: UQParams, tiles: dict[str, np.ndarray], inde
         out["emitter_std_p95_over_mean"] = float((p95 / np.maximum(mean, 1e-30)).mean())
     out["n_tiles"] = float(len(x))
     return out
+
+
+def _grid_index(image: np.ndarray, period: int) -> float:
+    """:func:`~simuq_core.comparison.checkerboard_index` of one image at ``period`` (cropped to a
+    multiple of it)."""
+    h, w = (n - n % period for n in image.shape[-2:])
+    return checkerboard_index(np.asarray(image)[None, :h, :w], period)
 
 
 def _nanmedian(values: Sequence[float]) -> float:
@@ -418,7 +431,11 @@ def field_metrics(x: np.ndarray, maps: dict[str, np.ndarray], pixel_nm: float, r
     ``rec_std²``: camera noise plus the latent share, so an upper bound of the predicted noise);
     decorrelation resolutions (nm) of the bilinear widefield (analysed up to the camera Nyquist),
     the emitter and, if present, the Wiener SIM image; the two limits; ``emitter_std_mean`` and
-    ``emitter_std_p95_over_mean`` (≈ 1 for a flat, uninformative map).
+    ``emitter_std_p95_over_mean`` (≈ 1 for a flat, uninformative map); ``emitter_grid_index``
+    (and ``wiener_grid_index``, the reference): the RMS of the image's mean over the positions of a
+    :data:`GRID_PERIOD_PX`-camera-pixel period, relative to its mean
+    (:func:`~simuq_core.comparison.checkerboard_index`): a fixed pattern at the network's strides
+    (sub-pixel up-sampling: 1 px, U-Net levels: 2, 4 px) raises it above the sampling spread.
     """
     x = np.asarray(x, np.float64)
     z = (x - maps["rec"]) / np.maximum(np.asarray(maps["rec_std"], np.float64), 1e-15)
@@ -432,8 +449,10 @@ def field_metrics(x: np.ndarray, maps: dict[str, np.ndarray], pixel_nm: float, r
     out["widefield_resolution_nm"] = decorrelation_resolution(wf, model_nm,
                                                               max_freq=0.5 / rescale).resolution_nm
     out["emitter_resolution_nm"] = decorrelation_resolution(maps["emitter"], model_nm).resolution_nm
+    out["emitter_grid_index"] = _grid_index(maps["emitter"], GRID_PERIOD_PX * rescale)
     if "wiener" in maps:
         out["wiener_resolution_nm"] = decorrelation_resolution(maps["wiener"], model_nm).resolution_nm
+        out["wiener_grid_index"] = _grid_index(maps["wiener"], GRID_PERIOD_PX * rescale)
     k_abs = float(np.linalg.norm(np.asarray(pattern_k, np.float64), axis=-1).mean())
     out["widefield_limit_nm"] = wavelength_nm / (2.0 * na)
     out["sim_limit_nm"] = wavelength_nm / (2.0 * (na + na * k_abs / cutoff))

@@ -46,7 +46,7 @@ from simuq_core.baselines.wiener_jax import wiener_sim_jax
 from simuq_core.pattern import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
 from simuq_core.physics import airy_psf, default_psf_size
 
-__all__ = ["BACKBONES", "DROPOUT_SITES", "SIMNet", "UNet", "model_psf_size"]
+__all__ = ["BACKBONES", "DROPOUT_SITES", "SIMNet", "UNET_UPSAMPLERS", "UNet", "model_psf_size"]
 
 # Where MC dropout can mask features (``SIMNet(dropout_at=...)``): ``feats`` the U-Net output
 # (camera grid), ``bottleneck`` the input of the pooled (pattern, PSF) and background heads, ``hr``
@@ -76,15 +76,26 @@ class ConvBlock(nnx.Module):
         return nnx.gelu(self.norm2(self.conv2(x)))
 
 
+UNET_UPSAMPLERS = ("transpose", "resize_conv")
+
+
 class UNet(nnx.Module):
     """U-Net on the camera grid. ``(B, H, W, Cin) -> ((B, H, W, width), (B, H/2^d, W/2^d, Cb))``.
 
-    ``H`` and ``W`` must be divisible by ``2**depth``.
+    ``H`` and ``W`` must be divisible by ``2**depth``. ``up`` is the decoder's 2× up-sampling:
+    ``"transpose"`` a 2×2 stride-2 transposed convolution (each output pixel of a 2×2 block has its
+    own kernel, so a learned block-periodic grid at the strides — 2 and 4 camera pixels — survives
+    into the output: seen on real data, issue 11), ``"resize_conv"`` bilinear 2× resize then a 3×3
+    convolution (Odena et al. 2016, "Deconvolution and checkerboard artifacts"): the same kernel at
+    every output pixel, no grid by construction.
     """
 
-    def __init__(self, cin: int, width: int, depth: int, *, rngs: nnx.Rngs):
+    def __init__(self, cin: int, width: int, depth: int, *, up: str = "transpose", rngs: nnx.Rngs):
+        if up not in UNET_UPSAMPLERS:
+            raise ValueError(f"U-Net up-sampling must be one of {UNET_UPSAMPLERS}, got {up!r}")
         chans = [width * 2**i for i in range(depth + 1)]
         self.depth = depth
+        self.up_mode = up
         self.out_features = width
         self.bottleneck_features = chans[depth]
         self.enc = nnx.List(
@@ -93,6 +104,7 @@ class UNet(nnx.Module):
         self.mid = ConvBlock(chans[depth - 1], chans[depth], rngs=rngs)
         self.up = nnx.List(
             [nnx.ConvTranspose(chans[i + 1], chans[i], (2, 2), strides=(2, 2), rngs=rngs)
+             if up == "transpose" else nnx.Conv(chans[i + 1], chans[i], (3, 3), rngs=rngs)
              for i in reversed(range(depth))]
         )
         self.dec = nnx.List(
@@ -116,6 +128,9 @@ class UNet(nnx.Module):
         bottleneck = self.mid(x)
         x = bottleneck if mid_fn is None else mid_fn(bottleneck)
         for up, dec, skip in zip(self.up, self.dec, reversed(skips), strict=True):
+            if self.up_mode == "resize_conv":
+                x = jax.image.resize(x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]),
+                                     "bilinear")
             x = dec(jnp.concatenate([up(x), skip], axis=-1))
         return x, bottleneck
 
@@ -211,6 +226,7 @@ class SIMNet(nnx.Module):
         obs_noise_raw: tuple[float, float] | None = None,
         backbone: str = "unet",
         upsample: str = "icnr",
+        unet_upsample: str = "transpose",
         wiener_input: bool = False,
         wiener_w: float = 0.05,
         lp_mode: str = "free",
@@ -245,7 +261,8 @@ class SIMNet(nnx.Module):
         # grid as one more channel of the high-resolution block.
         self.wiener_input, self.wiener_w = bool(wiener_input), float(wiener_w)
         extra_lr = rescale**2 if self.wiener_input else 0
-        self.backbone = BACKBONES[backbone](n_frames + extra_lr, width, depth, rngs=rngs)
+        self.backbone = BACKBONES[backbone](n_frames + extra_lr, width, depth, up=unet_upsample,
+                                            rngs=rngs)
         cb = self.backbone.bottleneck_features
         if upsample not in UPSAMPLERS:
             raise ValueError(f"upsample must be one of {UPSAMPLERS}, got {upsample!r}")

@@ -80,6 +80,7 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
         obs_noise_raw=obs_raw,
         backbone=model.backbone,
         upsample=model.upsample,
+        unet_upsample=model.unet_upsample,
         wiener_input=model.wiener_input,
         wiener_w=model.wiener_w,
         lp_mode=lp.mode,

@@ -121,13 +121,15 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = ["# Real-data report (no ground truth)", "", "## Full field (training area included)", ""]
     keys = ["rec_zms", "rec_coverage_68", "rec_coverage_95", "noise_std_classical", "rec_std_hann",
             "widefield_resolution_nm", "wiener_resolution_nm", "emitter_resolution_nm", "sim_limit_nm",
-            "widefield_limit_nm", "emitter_std_p95_over_mean", "period_px_mean"]
+            "widefield_limit_nm", "emitter_std_p95_over_mean", "emitter_grid_index", "wiener_grid_index",
+            "period_px_mean"]
     lines += ["| model | input | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
     for model, inputs in report["full_field"].items():
         for name, m in inputs.items():
             lines.append(f"| {model} | {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
     held = ["rec_zms", "rec_coverage_68", "rec_coverage_95", "noise_std_pred", "noise_std_classical",
-            "widefield_resolution_nm", "emitter_resolution_nm", "sim_limit_nm", "emitter_std_p95_over_mean"]
+            "widefield_resolution_nm", "emitter_resolution_nm", "sim_limit_nm", "emitter_std_p95_over_mean",
+            "emitter_grid_index"]
     lines += ["", "## Held-out strip (fine-tuning validation)", "",
               "| model | " + " | ".join(held) + " |", "|" + "---|" * (len(held) + 1)]
     for model, m in report["heldout"].items():

@@ -149,6 +149,14 @@ def test_field_metrics_calibration_and_limits():
     assert 0.05 < m["rec_std_hann"] < 0.1
     doubled = field_metrics(x, maps | {"rec_std": 2 * sigma}, 62.6, 2, 1.47, 525.0, k)
     assert doubled["rec_zms"] == pytest.approx(0.25, abs=5 * math.sqrt(2 / n) / 4)
+    # Grid index (period 4 camera px = 8 model px): an image without a grid has only the sampling
+    # spread of the 64 position means, ≈ sd / mean / √(N/64) (0.008 here; bound 3×); a fixed
+    # 8-px pattern 1 + 0.05·cos·cos adds its RMS 0.05 / 2 = 0.025 (measured 0.028).
+    assert m["emitter_grid_index"] < 3 * emitter.std() / emitter.mean() / math.sqrt(emitter.size / 64)
+    yy, xx = np.mgrid[:128, :128]
+    grid = 1.0 + 0.05 * np.cos(2 * np.pi * yy / 8) * np.cos(2 * np.pi * xx / 8)
+    gridded = field_metrics(x, maps | {"emitter": emitter * grid}, 62.6, 2, 1.47, 525.0, k)
+    assert gridded["emitter_grid_index"] == pytest.approx(0.05 / 2, abs=0.01)
 
 
 def test_brightest_window_finds_the_bright_square_right_of_a_column():

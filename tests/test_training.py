@@ -68,6 +68,31 @@ def test_upsampling_to_the_model_grid(upsample):
     assert np.isfinite(np.asarray(out["emitter"])).all()
 
 
+@pytest.mark.parametrize("up", ["transpose", "resize_conv"])
+def test_unet_decoder_upsampling_grid(up):
+    """A constant input far from the borders: the transposed-convolution decoder returns a pattern
+    periodic at its strides (its 2×2 kernels differ per output pixel), resize-convolution a
+    constant (one kernel at every pixel), the grid artefact of issue 11 removed by construction.
+    Parameters are distinct, so a model saved with one cannot be loaded into the other."""
+    from simuq_core.models import UNet
+
+    unet = UNet(9, 8, 2, up=up, rngs=nnx.Rngs(0))
+    feats, _ = unet(jax.numpy.ones((1, 128, 128, 9)))
+    inner = np.asarray(feats[0, 48:80, 48:80])  # beyond the reach of the zero padding
+    spread = inner.std(axis=(0, 1)).max() / np.abs(inner).mean()
+    if up == "transpose":
+        assert spread > 1e-2
+        period4 = inner[:-4] - inner[4:]  # ... and periodic at the 4-px stride of two levels
+        assert np.abs(period4).max() < 1e-4 * np.abs(inner).max()
+    else:
+        assert spread < 1e-4
+    p = tiny_params(model={"unet_upsample": up})
+    out = predict(build_model(p.model, p.uq, 9, 0), jax.numpy.asarray(_x(1)), p.uq)
+    assert np.isfinite(np.asarray(out["emitter"])).all()
+    with pytest.raises(ValueError, match="U-Net up-sampling"):
+        UNet(9, 8, 2, up="nearest", rngs=nnx.Rngs(0))
+
+
 @pytest.mark.parametrize("targets", [[], ["emitter"], ["lp", "psf"]])
 def test_disabled_targets_have_no_head_and_no_output(targets):
     p = tiny_params(uq={"targets": targets})
