@@ -500,6 +500,9 @@ class PredictParams(_Strict):
         None, ge=8, description="tile size in camera pixels; null = the training crop size"
     )
     overlap: int = Field(8, ge=0, description="overlap between tiles in camera pixels")
+    tile_margin: int = Field(
+        0, ge=0, description="camera px next to a tile's shared edges that get blending weight 0 "
+        "(< overlap/2): a tile's edge, where its emitter is undetermined, never enters the maps")
     batch_size: int = Field(8, ge=1, le=1024, description="tiles per forward pass")
     norm_percentile: float = Field(
         99.9, gt=50.0, le=100.0, description="scale = this percentile of (raw - offset)"
@@ -522,6 +525,13 @@ class PredictParams(_Strict):
     equalize_frames: bool = Field(
         False, description="divide every frame by its relative mean intensity over the field "
         "(simuq_core.predict.frame_gains); must match the model's finetune.equalize_frames")
+
+    @model_validator(mode="after")
+    def _margin_inside_overlap(self) -> PredictParams:
+        if self.tile_margin and 2 * self.tile_margin >= self.overlap:
+            raise ValueError(f"tile_margin {self.tile_margin} must be below overlap/2 "
+                             f"(overlap {self.overlap} camera px)")
+        return self
 
 
 class BaselineParams(_Strict):

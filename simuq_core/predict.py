@@ -365,17 +365,18 @@ class TiledPredictor:
     def __init__(self, model: nnx.Module, spec: dict[str, Any], tile: int, overlap: int,
                  batch_size: int, progress: bool = False, context: str = "image",
                  stat_scale: int = 4, stat_tiles: int = 16, epistemic_samples: int = 0,
-                 epistemic_seed: int = 0):
+                 epistemic_seed: int = 0, margin: int = 0):
         self.spec = spec
         self.uq = UQParams(**spec["uq"])
         self.rescale = int(spec["model"]["rescale"])
         self.n_frames = int(spec["n_frames"])
         self.multiple = 2 ** int(spec["model"]["depth"])
-        self.tile, self.overlap = int(tile), int(overlap)
+        self.tile, self.overlap, self.margin = int(tile), int(overlap), int(margin)
         if context not in ("image", "tile"):
             raise ValueError(f"context must be 'image' or 'tile', got {context!r}")
         self.context, self.stat_scale, self.stat_tiles = context, int(stat_scale), int(stat_tiles)
-        make_grid((self.tile, self.tile), self.tile, self.overlap, self.multiple)  # validates
+        make_grid((self.tile, self.tile), self.tile, self.overlap, self.multiple,
+                  self.margin)  # validates
         self.device = jax.devices()[0]
         free = _free_bytes(self.device)
         per_tile = _tile_bytes(self.tile, self.rescale, self.n_frames, int(spec["model"]["width"]),
@@ -428,13 +429,15 @@ class TiledPredictor:
         return acc.result()
 
     def tiling(self, grid: TileGrid, batch: int, stat_grid: dict | None) -> dict[str, Any]:
-        return {"tile": grid.tile, "overlap": grid.overlap, "n_tiles": grid.n_tiles,
+        return {"tile": grid.tile, "overlap": grid.overlap, "margin": grid.margin,
+                "n_tiles": grid.n_tiles,
                 "grid": [len(grid.starts_y), len(grid.starts_x)], "padded_to": list(grid.padded),
                 "batch_size": batch, "device": str(self.device),
                 "context": ("image-level (GroupNorm statistics and PSF features)"
                             if stat_grid else "per input" if grid.n_tiles == 1 else "per tile"),
                 "context_tiles": stat_grid,
-                "blend": "separable raised-cosine ramps over the overlap; means: weighted mean; "
+                "blend": "separable raised-cosine ramps over the overlap (weight 0 on the margin "
+                         "next to a shared edge); means: weighted mean; "
                          "std maps: sqrt of the weighted mean of variances"}
 
     def image_pattern(self, x: np.ndarray) -> tuple[PatternEstimate, tuple[float, float]] | None:
@@ -538,7 +541,7 @@ class TiledPredictor:
         f, h, w = x.shape
         if f != self.n_frames:
             raise InputError(f"{desc}: {f} frames, the model expects {self.n_frames}")
-        grid = make_grid((h, w), self.tile, self.overlap, self.multiple)
+        grid = make_grid((h, w), self.tile, self.overlap, self.multiple, self.margin)
         padded = pad_image(x, grid)
         batch = min(self.batch_size, grid.n_tiles)
         image_context = self.context == "image" and grid.n_tiles > 1
@@ -941,7 +944,7 @@ def predict_files(
     out_dir = Path(out_dir)
     predictor = TiledPredictor(model, spec, tile, cfg.overlap, cfg.batch_size, progress=progress,
                                context=context, epistemic_samples=epistemic_samples,
-                               epistemic_seed=epistemic_seed)
+                               epistemic_seed=epistemic_seed, margin=cfg.tile_margin)
     info = _model_info(model_dir, spec)
     results = []
     for path, name in tqdm(list(zip(inputs, _unique_names(inputs), strict=True)), desc="predict",

@@ -15,7 +15,13 @@ cosine ``w(i) = sin²(π/2 · (i + ½)/o)``, ``i = 0 … o−1`` counted from th
 border are not tapered. Two tiles overlapping by exactly ``o`` pixels have weights
 ``sin² + cos² = 1`` (a partition of unity); everywhere the blend divides by ``Σ w`` anyway. The
 weight is smooth and falls to ≈ 0 at a tile's edge, where its prediction is worst, so neither the
-mean nor the std maps show a seam.
+mean nor the std maps show a seam. A ``margin`` ``m`` (``2m < o``) sets the weight to exactly 0 on
+the ``m`` pixels next to a shared edge and ramps over the ``o − 2m`` pixels after them (still a
+partition of unity): a tile's edge then never enters the blend. Near its edges a tile's emitter is
+genuinely undetermined (the PSF there reaches outside the tile), so its variance can be orders of
+magnitude above the interior's; a weight of 10⁻³ is not small enough to keep that out of the
+weighted mean of variances (seen on real data, issue 11). Sides on the image border keep their
+edge pixels: there the uncertainty is the image's own.
 
 **Blending.** A map at ``scale`` pixels per camera pixel (1: camera grid; ``rescale``: model grid)
 uses the same window sampled on its own grid. Means: ``m = Σ_t w_t m_t / Σ_t w_t``. Variances:
@@ -48,11 +54,18 @@ def tile_starts(length: int, tile: int, overlap: int) -> np.ndarray:
     return np.asarray(starts, dtype=int)
 
 
-def axis_window(tile: int, overlap: int, taper_start: bool, taper_end: bool) -> np.ndarray:
-    """1-D weights ``(tile,)``: 1, with a raised-cosine ramp over ``overlap`` px on tapered sides."""
+def axis_window(tile: int, overlap: int, taper_start: bool, taper_end: bool,
+                margin: int = 0) -> np.ndarray:
+    """1-D weights ``(tile,)``: 1, with a raised-cosine ramp over ``overlap`` px on tapered sides
+    (its first ``margin`` px exactly 0, the ramp over the ``overlap − 2·margin`` px after them)."""
+    if margin < 0 or (overlap > 0 and 2 * margin >= overlap) or (overlap == 0 and margin):
+        raise ValueError(f"tile margin {margin} px must be in [0, overlap/2) (overlap {overlap} px)")
     w = np.ones(tile)
     if overlap > 0:
-        ramp = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
+        n = overlap - 2 * margin
+        ramp = np.clip(np.sin(0.5 * np.pi * (np.arange(overlap) - margin + 0.5) / n), 0.0, 1.0) ** 2
+        ramp[:margin] = 0.0
+        ramp[overlap - margin:] = 1.0
         if taper_start:
             w[:overlap] *= ramp
         if taper_end:
@@ -75,6 +88,7 @@ class TileGrid(NamedTuple):
     overlap: int
     starts_y: np.ndarray
     starts_x: np.ndarray
+    margin: int = 0
 
     @property
     def n_tiles(self) -> int:
@@ -85,12 +99,15 @@ class TileGrid(NamedTuple):
         return [(int(y), int(x)) for y in self.starts_y for x in self.starts_x]
 
 
-def make_grid(shape: tuple[int, int], tile: int, overlap: int, multiple: int = 1) -> TileGrid:
+def make_grid(shape: tuple[int, int], tile: int, overlap: int, multiple: int = 1,
+              margin: int = 0) -> TileGrid:
     """The tile grid for an image of ``shape`` ``(H, W)``.
 
     ``tile`` must be a multiple of ``multiple`` (the U-Net needs ``2**depth``) and at least twice
-    the ``overlap`` (the two ramps of a tile must not cross).
+    the ``overlap`` (the two ramps of a tile must not cross); ``margin`` (module docstring) below
+    half the overlap.
     """
+    axis_window(tile, overlap, True, True, margin)  # validates the margin
     if tile < 1 or tile % multiple:
         raise ValueError(f"tile {tile} px must be a positive multiple of {multiple} "
                          f"(the U-Net halves its input {int(np.log2(multiple))} times)")
@@ -100,7 +117,7 @@ def make_grid(shape: tuple[int, int], tile: int, overlap: int, multiple: int = 1
     hp, wp = max(h, tile), max(w, tile)
     pad = ((hp - h) // 2, (wp - w) // 2)
     return TileGrid((h, w), (hp, wp), pad, tile, overlap,
-                    tile_starts(hp, tile, overlap), tile_starts(wp, tile, overlap))
+                    tile_starts(hp, tile, overlap), tile_starts(wp, tile, overlap), margin)
 
 
 def pad_image(image: np.ndarray, grid: TileGrid) -> np.ndarray:
@@ -124,8 +141,9 @@ def tile_window(grid: TileGrid, y0: int, x0: int, scale: int = 1) -> np.ndarray:
     finer: sides that touch a neighbouring tile are tapered over ``overlap·scale`` pixels."""
     t, o = grid.tile, grid.overlap
     (hp, wp) = grid.padded
-    wy = axis_window(t * scale, o * scale, y0 > 0, y0 + t < hp)
-    wx = axis_window(t * scale, o * scale, x0 > 0, x0 + t < wp)
+    m = grid.margin * scale
+    wy = axis_window(t * scale, o * scale, y0 > 0, y0 + t < hp, m)
+    wx = axis_window(t * scale, o * scale, x0 > 0, x0 + t < wp, m)
     return np.outer(wy, wx).astype(np.float32)
 
 

@@ -78,6 +78,31 @@ def test_raised_cosine_ramps_form_a_partition_of_unity():
     assert left[:10].min() == 1.0 and right[0] < 0.02 and np.all(np.diff(right[:6]) > 0)
 
 
+def test_tile_margin_keeps_tile_edges_out_of_the_blend(rng):
+    """With a margin the ramps are still a partition of unity, but the ``m`` pixels next to a shared
+    edge weigh exactly 0: a tile whose edge pixels are wildly wrong (variance ×10⁶ there, as on
+    real data) leaves no trace in the blend, while without the margin it shows as a seam. Image
+    borders keep their edge pixels; margin 0 is the former window."""
+    left, right = axis_window(16, 8, False, True, 2), axis_window(16, 8, True, False, 2)
+    np.testing.assert_allclose(left[8:] + right[:8], 1.0, atol=1e-12)
+    assert right[:2].max() == 0.0 and left[-2:].max() == 0.0 and right[2] > 0.0
+    np.testing.assert_array_equal(axis_window(16, 8, True, True, 0), axis_window(16, 8, True, True))
+    with pytest.raises(ValueError, match="tile margin 4"):
+        make_grid((64, 64), 16, 8, margin=4)
+    truth = rng.random((60, 60)).astype(np.float32) + 1.0
+    for margin, seam in ((0, True), (2, False)):
+        grid = make_grid(truth.shape, 16, 8, multiple=4, margin=margin)
+        blender = Blender(grid, (), 1)
+        for y, x in grid.origins():
+            tile = truth[y:y + 16, x:x + 16].copy()
+            tile[:, :2] *= 1e6 if x > 0 else 1.0  # a bad left edge on every shared side
+            blender.add(tile, y, x)
+        err = np.abs(blender.result() - truth).max()
+        assert (err > 1.0) == seam, (margin, err)
+        if not seam:
+            assert err < 1e-5
+
+
 def test_grid_rejects_tiles_the_unet_cannot_take():
     with pytest.raises(ValueError, match="multiple of 8"):
         make_grid((64, 64), 20, 4, multiple=8)
