@@ -232,7 +232,11 @@ def validate(model: nnx.Module, uq: UQParams, tiles: dict[str, np.ndarray], inde
     k_c = 2.0 * na * pixel_nm / wavelength
     out["widefield_limit_nm"] = wavelength / (2.0 * na)
     out["sim_limit_nm"] = wavelength / (2.0 * (na + na * k_abs / k_c))
-    out["emitter_grid_index"] = checkerboard_index(pred["emitter"], GRID_PERIOD_PX * rescale)
+    period = GRID_PERIOD_PX * rescale  # on the tiles' interior: their border rows are no grid
+    inner = np.asarray(pred["emitter"])[:, period:-period, period:-period]
+    h, w = (n - n % period for n in inner.shape[-2:])
+    out["emitter_grid_index"] = (checkerboard_index(inner[:, :h, :w], period) if min(h, w) > 0
+                                 else math.nan)
     if "emitter_var" in pred:
         std = np.sqrt(pred["emitter_var"].reshape(len(x), -1))
         mean, p95 = std.mean(axis=1), np.percentile(std, 95, axis=1)

@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 __all__ = [
+    "CROP_MEAN",
     "FROZEN",
     "PER_INPUT",
     "POOLED",
@@ -61,7 +62,7 @@ class TileStats(nnx.Variable):
     """The statistics the last call used (first axis: the batch)."""
 
 
-PER_INPUT, FROZEN, POOLED = 0, 1, 2
+PER_INPUT, FROZEN, POOLED, CROP_MEAN = 0, 1, 2, 3
 
 
 class ContextGroupNorm(nnx.Module):
@@ -73,6 +74,11 @@ class ContextGroupNorm(nnx.Module):
       ``use_fast_variance`` (``Var = E[x²] − E[x]²``): the training behaviour;
     - ``POOLED`` (2): statistics pooled over the whole batch (every tile has the same pixel count,
       so ``E`` over the batch is the mean of the per-tile ``E``);
+    - ``CROP_MEAN`` (3): the mean over the batch of each input's own mean and variance: the
+      normalisation of a *typical* input. Pooling adds the spread of the inputs' means to the
+      variance; on a heterogeneous image (an empty region beside dense structure) cut into
+      training-crop-sized tiles that spread is large, and a network trained on single crops,
+      normalised by their own statistics, then sees features scaled down everywhere;
     - ``FROZEN`` (1): the stored image-level :class:`FrozenStats` ``(G,)``.
 
     The statistics used are recorded in :class:`TileStats` (so a ``POOLED`` pass yields the
@@ -102,6 +108,9 @@ class ContextGroupNorm(nnx.Module):
         mode = self.mode[...]
         mean_used = jnp.where(mode == POOLED, pooled_mean, mean)
         var_used = jnp.maximum(jnp.where(mode == POOLED, pooled_sq, sq) - jnp.square(mean_used), 0.0)
+        crop_var = jnp.maximum(sq - jnp.square(mean), 0.0).mean(axis=0, keepdims=True)
+        mean_used = jnp.where(mode == CROP_MEAN, pooled_mean, mean_used)
+        var_used = jnp.where(mode == CROP_MEAN, jnp.broadcast_to(crop_var, (b, g)), var_used)
         mean_used = jnp.where(mode == FROZEN, self.frozen_mean[...][None], mean_used)
         var_used = jnp.where(mode == FROZEN, self.frozen_var[...][None], var_used)
         self.used_mean.value, self.used_var.value = mean_used, var_used
@@ -124,7 +133,8 @@ class ContextGroupNorm(nnx.Module):
 
 class ContextPooledLinear(nnx.Module):
     """An ``nnx.Linear`` on spatially pooled features ``(B, C)`` whose input can be shared:
-    ``PER_INPUT`` each row, ``POOLED`` the batch mean, ``FROZEN`` the stored image-level ``(C,)``.
+    ``PER_INPUT`` each row, ``POOLED`` / ``CROP_MEAN`` the batch mean, ``FROZEN`` the stored
+    image-level ``(C,)``.
     """
 
     def __init__(self, linear: nnx.Linear):
@@ -137,7 +147,7 @@ class ContextPooledLinear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         mode = self.mode[...]
         pooled = jnp.broadcast_to(x.mean(axis=0, keepdims=True), x.shape)
-        used = jnp.where(mode == POOLED, pooled, x)
+        used = jnp.where((mode == POOLED) | (mode == CROP_MEAN), pooled, x)
         used = jnp.where(mode == FROZEN, jnp.broadcast_to(self.frozen_input[...], x.shape), used)
         self.used_input.value = used
         return self.linear(used)

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the classical Wiener SIM image and its noise std")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="JAX platform (default: GPU when available)")
-    parser.add_argument("--context", choices=("image", "tile"), default="image",
-                        help="GroupNorm statistics / PSF shared by the whole image (default) or "
-                             "per tile (as in training; tiles then disagree)")
+    parser.add_argument("--context", choices=("image", "crops", "tile"), default=None,
+                        help="GroupNorm statistics / PSF: pooled over the image, the mean of "
+                             "tile-sized crops' own, or per tile (default predict.context)")
     parser.add_argument("--pattern", choices=("auto", "model", "blind"), default="auto",
                         help="illumination estimate: blind full-field (real data), the network's, or "
                              "auto = blind for MRC/DV files (default)")
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                       "--epistemic N > 0)", file=sys.stderr)
                 return 2
         report = predict_files(inputs, args.out, model, spec, args.model, cfg, tile,
-                               progress=not args.quiet, context=args.context, wiener=wiener,
+                               progress=not args.quiet, context=args.context or cfg.context,
+                               wiener=wiener,
                                pattern=args.pattern, period_hint=cfg.period_hint,
                                epistemic_samples=n_epi, epistemic_seed=params.epistemic.seed,
                                ood_reference=reference)
