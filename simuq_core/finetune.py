@@ -43,14 +43,14 @@ from simuq_core.experiment import load_model, save_model
 from simuq_core.io import write_json
 from simuq_core.models import airy_prior
 from simuq_core.objectives import selfsup_objective
-from simuq_core.predict import NORMALISATION_RULE, find_inputs
+from simuq_core.predict import NORMALISATION_RULE, OOD_REFERENCE_FILE, find_inputs
 from simuq_core.quality import decorrelation_resolution
 from simuq_core.raw_data import CropStream, DataIndex, Region, index_acquisitions, read_crop, split_regions
 from simuq_core.reconstruction import PATTERN_KEYS, batch_pattern, predict
 from simuq_core.training import Trainer
 
 __all__ = ["GRID_PERIOD_PX", "FinetuneParams", "brightest_window", "classical_noise_variance", "field_metrics",
-           "log_spectrum", "optics_mismatch", "plot_real_walkthrough", "run_finetuning", "validate",
+           "log_spectrum", "ood_reference_from_data", "optics_mismatch", "plot_real_walkthrough", "run_finetuning", "validate",
            "validation_tiles"]
 
 log = logging.getLogger("simuq.finetune")
@@ -344,6 +344,9 @@ def run_finetuning(
                      "pattern_source": "blind full-field estimate per acquisition (raw_data)"},
     }
     save_model(final, out_spec, out_dir)
+    reference = ood_reference_from_data(final, uq, index, list(train_regions) + list(val_regions), crop,
+                                        multiple, params.batch_size)
+    write_json(out_dir / OOD_REFERENCE_FILE, reference)
     after = evaluate(final, True)
     log.info("fine-tuned, held-out: %s", {k: round(v, 4) for k, v in after.items()})
     metrics = {"pretrained": before, "finetuned": after, "index": index.summary(),
@@ -353,9 +356,40 @@ def run_finetuning(
                                    if isinstance(v, float | int)} if result.history else {},
                          "var_refit": ({"steps": refit.steps, "epochs_run": refit.epochs_run,
                                         "frozen": _mean_path_prefixes(result.model)}
-                                       if refit is not None else None)}}
+                                       if refit is not None else None)},
+               "ood_reference": {k: v for k, v in reference.items() if k != "input_model"}}
     write_json(out_dir / "metrics.json", _json_safe(metrics))
     return metrics
+
+
+def ood_reference_from_data(model: nnx.Module, uq: UQParams, index: DataIndex, regions: Sequence[Region],
+                            tile: int, multiple: int, batch_size: int, percentile: float = 99.0,
+                            max_tiles: int = 64) -> dict[str, Any]:
+    """What "in distribution" means for a model fine-tuned on ``regions`` of the user's stacks, for
+    ``predict``'s out-of-distribution check (:func:`simuq_core.predict.ood_check`) without MC
+    dropout or ground truth: ``input`` (:func:`~simuq_core.epistemic.input_features` of every
+    ``tile // 2`` block of up to ``max_tiles`` tiles, :func:`~simuq_core.epistemic.fit_input_model`)
+    and ``misfit`` (mean ``z²`` of the raw frames against ``rec``, ``var_rec``), each with the
+    ``percentile`` of the tiles' image-level scores as its threshold
+    (:func:`~simuq_core.epistemic.ood_reference`). Training and held-out tiles both count: a
+    single acquisition has few held-out tiles, and the misfit of the training area is only
+    slightly lower than the held-out one (held-out validation measures that separately)."""
+    from simuq_core.epistemic import fit_input_model, input_features, ood_reference, ood_scores
+
+    tiles = validation_tiles(index, regions, tile, multiple, max_tiles)
+    x = tiles["x"]
+    window = max(8, x.shape[-1] // 2)
+    cutoff = float(np.median([index.acquisitions[int(a)].otf_cutoff for a in tiles["acq"]]))
+    input_model = fit_input_model(input_features(x, window, cutoff))
+    input_model |= {"window": window, "otf_cutoff": cutoff, "n_train": int(len(x))}
+    pred = _predictor(uq, batch_size)(model, tiles)
+    pred = {"emitter": pred["emitter"], "emitter_var_epi": np.zeros_like(pred["emitter"]),
+            "rec": pred["rec"], "var_rec_total": pred["var_rec"]}
+    scores = ood_scores(pred, x, input_model)
+    scores.pop("epistemic")  # no dropout passes: the data-only scores
+    return (ood_reference(scores, percentile)
+            | {"input_model": input_model, "source": "finetune (training + held-out tiles)",
+               "n_tiles": int(len(x)), "tile": int(x.shape[-1])})
 
 
 def _mean_path_prefixes(model: nnx.Module) -> list[str]:
@@ -435,7 +469,10 @@ def field_metrics(x: np.ndarray, maps: dict[str, np.ndarray], pixel_nm: float, r
     ``rec_std²``: camera noise plus the latent share, so an upper bound of the predicted noise);
     decorrelation resolutions (nm) of the bilinear widefield (analysed up to the camera Nyquist),
     the emitter and, if present, the Wiener SIM image; the two limits; ``emitter_std_mean`` and
-    ``emitter_std_p95_over_mean`` (≈ 1 for a flat, uninformative map); ``emitter_grid_index``
+    ``emitter_std_p95_over_mean`` (≈ 1 for a flat, uninformative map), also ``_interior`` (an
+    Airy-disc diameter from the edges left out), and the same for ``wiener_std`` if present: the
+    exact noise propagation of the classical reconstruction, i.e. how structured the photon
+    statistics of this stack make a noise std map; ``emitter_grid_index``
     (and ``wiener_grid_index``, the reference): the RMS of the image's mean over the positions of a
     :data:`GRID_PERIOD_PX`-camera-pixel period, relative to its mean
     (:func:`~simuq_core.comparison.checkerboard_index`): a fixed pattern at the network's strides
@@ -460,10 +497,17 @@ def field_metrics(x: np.ndarray, maps: dict[str, np.ndarray], pixel_nm: float, r
     k_abs = float(np.linalg.norm(np.asarray(pattern_k, np.float64), axis=-1).mean())
     out["widefield_limit_nm"] = wavelength_nm / (2.0 * na)
     out["sim_limit_nm"] = wavelength_nm / (2.0 * (na + na * k_abs / cutoff))
-    if "emitter_std" in maps:
-        std = np.asarray(maps["emitter_std"], np.float64)
-        out["emitter_std_mean"] = float(std.mean())
-        out["emitter_std_p95_over_mean"] = float(np.percentile(std, 95) / max(std.mean(), 1e-30))
+    # Within an Airy-disc diameter of the field's edge the emitter is seen from one side only:
+    # its std there is the edge's, not the structure's ("interior" statistics leave it out).
+    edge = int(math.ceil(1.22 * wavelength_nm / na / pixel_nm)) * rescale
+    for name in ("emitter_std", "wiener_std"):
+        if name in maps:
+            std = np.asarray(maps[name], np.float64)
+            inner = std[edge:-edge, edge:-edge] if min(std.shape) > 4 * edge else std
+            out[f"{name}_mean"] = float(std.mean())
+            out[f"{name}_p95_over_mean"] = float(np.percentile(std, 95) / max(std.mean(), 1e-30))
+            out[f"{name}_p95_over_mean_interior"] = float(np.percentile(inner, 95)
+                                                          / max(inner.mean(), 1e-30))
     return {k: float(v) for k, v in out.items()}
 
 

@@ -99,6 +99,7 @@ from simuq_core.validation import (
 
 __all__ = [
     "DEFAULT_TILE",
+    "OOD_REFERENCE_FILE",
     "FileResult",
     "Normalisation",
     "PredictReport",
@@ -348,6 +349,10 @@ def pattern_summary(image_pattern) -> dict[str, Any]:
         ],
     }
 
+
+# Beside a fine-tuned model: the thresholds of its out-of-distribution check (:func:`ood_check`;
+# written by :func:`simuq_core.finetune.ood_reference_from_data`, read by default by ``predict``).
+OOD_REFERENCE_FILE = "ood_reference.json"
 
 # How a tiled image's input-global network parts are computed (:class:`TiledPredictor`).
 CONTEXTS = ("image", "crops", "tile")
@@ -821,7 +826,7 @@ def ood_check(x: np.ndarray, maps: dict[str, np.ndarray], reference: dict[str, A
         out["flagged"] = None
         out["message"] = "no in-distribution reference given: not checked"
         return out
-    if "emitter_epi_std" not in maps or "rec_total_std" not in maps:
+    if "epistemic" in reference and ("emitter_epi_std" not in maps or "rec_total_std" not in maps):
         raise InputError(f"{source}: OOD scores unavailable for this model (needs MC-dropout passes)")
     flags = ood_flags({k: np.asarray([v]) for k, v in scores.items()}, reference)
     ratios = {k: float(v[0]) for k, v in flags.items() if k != "flagged"}
@@ -831,7 +836,7 @@ def ood_check(x: np.ndarray, maps: dict[str, np.ndarray], reference: dict[str, A
     out["message"] = (
         f"{source}: outside the training distribution (OOD score {ratios['combined']:.2f}x the "
         f"in-distribution {reference['percentile']:g}th percentile; {parts}): the uncertainty maps "
-        "may not be trustworthy; fine-tune on your data (python -m stages.finetune)" if flagged else
+        "may not be trustworthy; fine-tune on data like this (python -m stages.finetune)" if flagged else
         f"{source}: within the training distribution (OOD score {ratios['combined']:.2f}x the "
         f"{reference['percentile']:g}th percentile)")
     return out
@@ -884,7 +889,8 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
         if not diag.ok:
             warnings.append(diag.message)
     maps, tiling = predictor(x, desc=path.name, pattern=image_pattern)
-    ood = ood_check(x, maps, ood_reference, source) if predictor.epistemic_samples else None
+    ood = (ood_check(x, maps, ood_reference, source)
+           if predictor.epistemic_samples or (ood_reference and "epistemic" not in ood_reference) else None)
     if ood is not None and ood.get("flagged"):
         warnings.append(ood["message"])
     wiener_info = None

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                              "epistemic.n_samples when the model has dropout; 0 = off)")
     parser.add_argument("--ood-reference", default=None,
                         help="reference.json of the epistemic stage: flag inputs outside the "
-                             "training distribution")
+                             "training distribution (default: the model folder's "
+                             "ood_reference.json, written by fine-tuning, if any)")
     parser.add_argument("--period-hint", type=float, default=None,
                         help="blind search only near this pattern period (camera px; default "
                              "microscope.pattern_period_px)")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --device {args.device}: {exc}", file=sys.stderr)
         return 2
     from simuq_core.experiment import load_model
-    from simuq_core.predict import find_inputs, predict_files, resolve_tile
+    from simuq_core.predict import OOD_REFERENCE_FILE, find_inputs, predict_files, resolve_tile
 
     inputs = find_inputs(args.input)
     if not inputs:
@@ -99,16 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         n_epi = (args.epistemic if args.epistemic is not None
                  else params.epistemic.n_samples if float(spec["model"].get("dropout", 0.0)) > 0 else 0)
         reference = None
-        if args.ood_reference:
+        # A fine-tuned model carries its own reference (simuq_core.finetune.ood_reference_from_data).
+        own = Path(args.model) / OOD_REFERENCE_FILE
+        ref_arg = args.ood_reference or (str(own) if own.is_file() else None)
+        if ref_arg:
             from simuq_core.io import read_json
 
-            ref_path = Path(args.ood_reference)
+            ref_path = Path(ref_arg)
             if not ref_path.exists():
                 print(f"error: --ood-reference {ref_path}: no such file (run the epistemic stage)",
                       file=sys.stderr)
                 return 2
             reference = read_json(ref_path)
-            if n_epi == 0:
+            if n_epi == 0 and "epistemic" in reference:
                 print("error: --ood-reference needs epistemic passes (a model trained with dropout, "
                       "--epistemic N > 0)", file=sys.stderr)
                 return 2

@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             metrics = field_metrics(x, maps, camera_nm, int(summary["model"]["rescale"]), optics.na,
                                     optics.wavelength_nm, k, ft.noise_band_margin)
             metrics["pattern_ok"] = float(bool(pattern.get("ok", True)))
+            ood = summary.get("ood") or {}
+            if ood.get("flagged") is not None:  # the fine-tuned model's own reference (data-only scores)
+                metrics["ood_flagged"] = float(ood["flagged"])
+                metrics |= {f"ood_{k}_ratio": float(v) for k, v in ood["ratios"].items()}
             metrics["period_px_mean"] = float(np.mean(1.0 / np.linalg.norm(k, axis=-1))) if angles else np.nan
             report["full_field"].setdefault(model_dir.name, {})[folder.name] = metrics
             if model_dir.name == "finetuned" and figure_input is None:
@@ -121,8 +125,9 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = ["# Real-data report (no ground truth)", "", "## Full field (training area included)", ""]
     keys = ["rec_zms", "rec_coverage_68", "rec_coverage_95", "noise_std_classical", "rec_std_hann",
             "widefield_resolution_nm", "wiener_resolution_nm", "emitter_resolution_nm", "sim_limit_nm",
-            "widefield_limit_nm", "emitter_std_p95_over_mean", "emitter_grid_index", "wiener_grid_index",
-            "period_px_mean"]
+            "widefield_limit_nm", "emitter_std_p95_over_mean", "emitter_std_p95_over_mean_interior",
+            "wiener_std_p95_over_mean_interior", "emitter_grid_index", "wiener_grid_index", "period_px_mean",
+            "ood_combined_ratio", "ood_flagged"]
     lines += ["| model | input | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
     for model, inputs in report["full_field"].items():
         for name, m in inputs.items():

@@ -119,6 +119,35 @@ def test_end_to_end_finetune_on_mt(tmp_path):
     assert val["widefield_limit_nm"] == pytest.approx(525 / (2 * 1.47))
     assert val["sim_limit_nm"] == pytest.approx(525 / (2 * 1.47 * (1 + 0.99)), rel=0.02)
     assert val["n_tiles"] == 3
+    _check_ood_reference(out)
+
+
+def _check_ood_reference(model_dir: Path) -> None:
+    """The fine-tuned model's own out-of-distribution reference: data-only scores (no dropout),
+    thresholds from its tiles. The shipped stack's own crops sit inside it; the same crops out of
+    focus are flagged by the input statistics, and ``ood_check`` works without MC-dropout maps."""
+    from scipy.ndimage import gaussian_filter
+
+    from simuq_core.acquisition import read_acquisition
+    from simuq_core.epistemic import input_distance, input_features
+    from simuq_core.predict import OOD_REFERENCE_FILE, ood_check
+
+    ref = json.loads((model_dir / OOD_REFERENCE_FILE).read_text())
+    assert set(ref) >= {"input", "misfit", "input_model"} and "epistemic" not in ref
+    assert ref["n_tiles"] >= 3 and ref["input"]["threshold"] > 0
+    model = ref["input_model"]
+    frames = np.asarray(read_acquisition(MT).frames[0], np.float64)
+    x = frames / np.percentile(frames, 99.9)
+    crops = np.stack([x[:, y:y + 64, c:c + 64] for y in (0, 96, 192) for c in (0, 96)])
+    ours = input_distance(input_features(crops, model["window"], model["otf_cutoff"]), model)
+    # ... out of focus (a 2-px Gaussian blur: no camera noise, no fine structure left)
+    flat = gaussian_filter(crops, (0, 0, 2, 2))
+    theirs = input_distance(input_features(flat, model["window"], model["otf_cutoff"]), model)
+    assert np.median(ours) < ref["input"]["threshold"] < theirs.min(), (ours, theirs)
+    maps = {"emitter": np.kron(crops[0].mean(axis=0), np.ones((2, 2))), "rec": crops[0],
+            "rec_std": np.full_like(crops[0], 0.05)}
+    report = ood_check(flat[0], maps, ref, "flat")
+    assert report["flagged"] and "input" in report["ratios"] and "outside the training" in report["message"]
 
 
 @pytest.mark.slow

@@ -145,6 +145,13 @@ def test_field_metrics_calibration_and_limits():
     k_abs = np.linalg.norm(k, axis=-1).mean()
     assert m["sim_limit_nm"] == pytest.approx(525 / (2 * 1.47 * (1 + k_abs / (2 * 1.47 * 62.6 / 525))))
     assert m["emitter_std_p95_over_mean"] == pytest.approx(1.0)
+    # A std map that is large only along the field's edge (the one-sided emitter there): its
+    # full-field p95/mean sees the edge, the interior one (an Airy diameter, 7 camera px, left
+    # out) does not.
+    edged = np.full_like(emitter, 0.1)
+    edged[:, :8] = edged[:, -8:] = edged[:8] = edged[-8:] = 1.0
+    e = field_metrics(x, maps | {"emitter_std": edged}, 62.6, 2, 1.47, 525.0, k)
+    assert e["emitter_std_p95_over_mean"] > 2.0 and e["emitter_std_p95_over_mean_interior"] == pytest.approx(1.0)
     # rec_std² holds the camera noise here: its Hann-weighted mean is the noise level.
     assert 0.05 < m["rec_std_hann"] < 0.1
     doubled = field_metrics(x, maps | {"rec_std": 2 * sigma}, 62.6, 2, 1.47, 525.0, k)
