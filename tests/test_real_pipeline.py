@@ -31,6 +31,7 @@ def _tiny_mt_model(folder: Path) -> Path:
     estimate must not depend on it."""
     raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
     raw["microscope"] |= MT_MICROSCOPE
+    raw["model"]["unet_upsample"] = "resize_conv"  # as pipelines/real/params.yaml
     params = parse_params(raw)
     model = build_model(params.model, params.uq, 9, 0)
     spec = model_spec(params.model, params.uq, 9) | {"mode": "selfsup", "train_crop": [32, 32]}
@@ -42,7 +43,8 @@ def _tiny_mt_model(folder: Path) -> Path:
 def _params_file(tmp_path: Path, finetune: dict | None = None) -> Path:
     raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
     raw["microscope"] |= MT_MICROSCOPE | {"pattern_period_px": None}  # blind search
-    raw["predict"] |= {"tile": 64, "overlap": 16, "wiener": True, "wiener_w": 0.1}
+    raw["predict"] |= {"tile": 64, "overlap": 16, "wiener": True, "wiener_w": 0.1,
+                       "tile_margin": 5, "context": "crops"}  # as pipelines/real/params.yaml
     if finetune is not None:
         raw["finetune"] = finetune
     path = tmp_path / "params.yaml"
@@ -224,6 +226,11 @@ def test_finetune_logs_to_mlflow_and_report_stage(tmp_path, monkeypatch, pretrai
     # The Wiener image with the blind pattern resolves beyond widefield (test_wiener_real.py).
     assert field["wiener_resolution_nm"] < 0.8 * field["widefield_resolution_nm"]
     assert set(report["heldout"]) == {"pretrained", "finetuned"}
+    # The fine-tuned model's own OOD reference was read by predict (no --ood-reference, no dropout):
+    # its check ran on MT.mrc and is in the report; the untrained model has none.
+    ood = json.loads((tmp_path / "predict" / "finetuned" / "MT" / "summary.json").read_text())["ood"]
+    assert ood["flagged"] in (True, False) and set(ood["ratios"]) == {"input", "misfit", "combined"}
+    assert field["ood_flagged"] == float(ood["flagged"]) and "ood_flagged" not in report["full_field"]["pretrained"]["MT"]
     assert figure.stat().st_size > 10_000
     metrics = client.get_run(run_id).data.metrics
     assert metrics["report_full_field_finetuned_MT_rec_zms"] == pytest.approx(field["rec_zms"])
