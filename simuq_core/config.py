@@ -504,10 +504,11 @@ class PredictParams(_Strict):
         0, ge=0, description="camera px next to a tile's shared edges that get blending weight 0 "
         "(< overlap/2): a tile's edge, where its emitter is undetermined, never enters the maps")
     batch_size: int = Field(8, ge=1, le=1024, description="tiles per forward pass")
-    context: Literal["image", "crops", "tile"] = Field(
-        "image", description="GroupNorm statistics / PSF features of a tiled image: pooled over "
+    context: Literal["auto", "image", "crops", "tile"] = Field(
+        "auto", description="GroupNorm statistics / PSF features of a tiled image: pooled over "
         "the image, the mean of tile-sized crops' own (for models trained or fine-tuned on crops "
-        "of the tile size), or each tile its own (simuq_core/predict.py TiledPredictor)")
+        "of the tile size), or each tile its own (simuq_core/predict.py TiledPredictor); auto = "
+        "crops for a fine-tuned model, image otherwise")
     norm_percentile: float = Field(
         99.9, gt=50.0, le=100.0, description="scale = this percentile of (raw - offset)"
     )

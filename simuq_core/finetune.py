@@ -49,9 +49,9 @@ from simuq_core.raw_data import CropStream, DataIndex, Region, index_acquisition
 from simuq_core.reconstruction import PATTERN_KEYS, batch_pattern, predict
 from simuq_core.training import Trainer
 
-__all__ = ["GRID_PERIOD_PX", "FinetuneParams", "brightest_window", "classical_noise_variance", "field_metrics",
-           "log_spectrum", "ood_reference_from_data", "optics_mismatch", "plot_real_walkthrough", "run_finetuning", "validate",
-           "validation_tiles"]
+__all__ = ["GRID_PERIOD_PX", "FinetuneParams", "brightest_window", "classical_noise_variance",
+           "field_metrics", "log_spectrum", "ood_reference_from_data", "optics_mismatch",
+           "plot_real_walkthrough", "run_finetuning", "validate", "validation_tiles"]
 
 log = logging.getLogger("simuq.finetune")
 

@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write the classical Wiener SIM image and its noise std")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="JAX platform (default: GPU when available)")
-    parser.add_argument("--context", choices=("image", "crops", "tile"), default=None,
+    parser.add_argument("--context", choices=("auto", "image", "crops", "tile"), default=None,
                         help="GroupNorm statistics / PSF: pooled over the image, the mean of "
-                             "tile-sized crops' own, or per tile (default predict.context)")
+                             "tile-sized crops' own, or per tile (default predict.context; auto = crops for "
+                             "a fine-tuned model, else image)")
     parser.add_argument("--pattern", choices=("auto", "model", "blind"), default="auto",
                         help="illumination estimate: blind full-field (real data), the network's, or "
                              "auto = blind for MRC/DV files (default)")

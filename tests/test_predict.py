@@ -594,6 +594,14 @@ def test_normalise_equalize_frames_records_the_gains():
 
 
 
+def test_auto_context_is_crops_for_fine_tuned_models_only(trained):
+    model, spec, _ = trained
+    assert TiledPredictor(model, spec, 16, 8, 8, context="auto").context == "image"
+    assert TiledPredictor(model, spec | {"mode": "finetune"}, 16, 8, 8, context="auto").context == "crops"
+    with pytest.raises(ValueError, match="context must be one of"):
+        TiledPredictor(model, spec, 16, 8, 8, context="global")
+
+
 def test_crops_context_is_the_training_normalisation_without_per_tile_patchwork(large_predictions):
     """``context="crops"`` freezes the mean of 16 tile-sized crops' own statistics: the tiles then
     see the normalisation a network trained on such crops saw, so its maps stay near the per-tile

@@ -153,7 +153,8 @@ def test_field_metrics_calibration_and_limits():
     edged = np.full_like(emitter, 0.1)
     edged[:, :8] = edged[:, -8:] = edged[:8] = edged[-8:] = 1.0
     e = field_metrics(x, maps | {"emitter_std": edged}, 62.6, 2, 1.47, 525.0, k)
-    assert e["emitter_std_p95_over_mean"] > 2.0 and e["emitter_std_p95_over_mean_interior"] == pytest.approx(1.0)
+    assert e["emitter_std_p95_over_mean"] > 2.0
+    assert e["emitter_std_p95_over_mean_interior"] == pytest.approx(1.0)
     # rec_std² holds the camera noise here: its Hann-weighted mean is the noise level.
     assert 0.05 < m["rec_std_hann"] < 0.1
     doubled = field_metrics(x, maps | {"rec_std": 2 * sigma}, 62.6, 2, 1.47, 525.0, k)
@@ -230,7 +231,8 @@ def test_finetune_logs_to_mlflow_and_report_stage(tmp_path, monkeypatch, pretrai
     # its check ran on MT.mrc and is in the report; the untrained model has none.
     ood = json.loads((tmp_path / "predict" / "finetuned" / "MT" / "summary.json").read_text())["ood"]
     assert ood["flagged"] in (True, False) and set(ood["ratios"]) == {"input", "misfit", "combined"}
-    assert field["ood_flagged"] == float(ood["flagged"]) and "ood_flagged" not in report["full_field"]["pretrained"]["MT"]
+    assert field["ood_flagged"] == float(ood["flagged"])
+    assert "ood_flagged" not in report["full_field"]["pretrained"]["MT"]
     assert figure.stat().st_size > 10_000
     metrics = client.get_run(run_id).data.metrics
     assert metrics["report_full_field_finetuned_MT_rec_zms"] == pytest.approx(field["rec_zms"])
