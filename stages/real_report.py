@@ -121,25 +121,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown tables (full field per model and input, then held-out)."""
+    """The report as Markdown tables, one row per number and one column per model (and input):
+    the full field, then the held-out strip."""
     lines = ["# Real-data report (no ground truth)", "", "## Full field (training area included)", ""]
     keys = ["rec_zms", "rec_coverage_68", "rec_coverage_95", "noise_std_classical", "rec_std_hann",
             "widefield_resolution_nm", "wiener_resolution_nm", "emitter_resolution_nm", "sim_limit_nm",
             "widefield_limit_nm", "emitter_std_p95_over_mean", "emitter_std_p95_over_mean_interior",
             "wiener_std_p95_over_mean_interior", "emitter_grid_index", "wiener_grid_index", "period_px_mean",
             "ood_combined_ratio", "ood_flagged"]
-    lines += ["| model | input | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
-    for model, inputs in report["full_field"].items():
-        for name, m in inputs.items():
-            lines.append(f"| {model} | {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
+    columns = [(f"{model} / {name}", m) for model, inputs in report["full_field"].items()
+               for name, m in inputs.items()]
+    lines += _table(keys, columns)
     held = ["rec_zms", "rec_coverage_68", "rec_coverage_95", "noise_std_pred", "noise_std_classical",
             "widefield_resolution_nm", "emitter_resolution_nm", "sim_limit_nm", "emitter_std_p95_over_mean",
             "emitter_grid_index"]
-    lines += ["", "## Held-out strip (fine-tuning validation)", "",
-              "| model | " + " | ".join(held) + " |", "|" + "---|" * (len(held) + 1)]
-    for model, m in report["heldout"].items():
-        lines.append(f"| {model} | " + " | ".join(_fmt(m.get(k)) for k in held) + " |")
+    lines += ["", "## Held-out strip (fine-tuning validation)", ""]
+    lines += _table(held, list(report["heldout"].items()))
     return "\n".join(lines) + "\n"
+
+
+def _table(keys: list[str], columns: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    out = ["| | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
+    return out + [f"| {k} | " + " | ".join(_fmt(m.get(k)) for _, m in columns) + " |" for k in keys]
 
 
 def _fmt(value: Any) -> str:
