@@ -344,9 +344,13 @@ def run_finetuning(
                      "pattern_source": "blind full-field estimate per acquisition (raw_data)"},
     }
     save_model(final, out_spec, out_dir)
-    reference = ood_reference_from_data(final, uq, index, list(train_regions) + list(val_regions), crop,
-                                        multiple, params.batch_size)
-    write_json(out_dir / OOD_REFERENCE_FILE, reference)
+    try:
+        reference = ood_reference_from_data(final, uq, index, list(train_regions) + list(val_regions),
+                                            crop, multiple, params.batch_size)
+        write_json(out_dir / OOD_REFERENCE_FILE, reference)
+    except ValueError as exc:  # too little data for a reference (e.g. one tiny region)
+        log.warning("no out-of-distribution reference written (%s): predict will not check inputs", exc)
+        reference = {"error": str(exc)}
     after = evaluate(final, True)
     log.info("fine-tuned, held-out: %s", {k: round(v, 4) for k, v in after.items()})
     metrics = {"pretrained": before, "finetuned": after, "index": index.summary(),

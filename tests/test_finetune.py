@@ -151,9 +151,12 @@ def _check_ood_reference(model_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_finetune_variance_refit_and_equalised_frames(tmp_path):
+def test_finetune_variance_refit_and_equalised_frames(tmp_path, monkeypatch):
     """``var_refit_epochs``: a second phase trains only the variance heads (the mean path is
-    frozen: identical to a run without the phase), on frames divided by their whole-field gains."""
+    frozen: identical to a run without the phase), on frames divided by their whole-field gains.
+    (The second run also has too little data for an OOD reference: it is skipped with the reason,
+    the model is still saved.)"""
+    import simuq_core.finetune as ft
     from stages.finetune import main
 
     pre = _tiny_model(tmp_path / "pre")
@@ -162,6 +165,11 @@ def test_finetune_variance_refit_and_equalised_frames(tmp_path):
                "optics": {"na": 1.47, "wavelength_nm": 525.0, "lr_pixel_nm": 62.6}}
     outs = {}
     for refit in (0, 1):
+        if refit:
+            def too_little(*args, **kwargs):
+                raise ValueError("fit_input_model needs at least 2 feature vectors, got 1")
+
+            monkeypatch.setattr(ft, "ood_reference_from_data", too_little)
         params = {"finetune": section | {"var_refit_epochs": refit}}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         outs[refit] = tmp_path / f"ft{refit}"
@@ -175,3 +183,5 @@ def test_finetune_variance_refit_and_equalised_frames(tmp_path):
     summary = json.loads((outs[1] / "metrics.json").read_text())["train"]["var_refit"]
     assert summary["steps"] == 2 and "backbone" in summary["frozen"]
     assert (outs[1] / "var_refit" / "metrics.csv").is_file()
+    assert (outs[0] / "ood_reference.json").is_file() and not (outs[1] / "ood_reference.json").exists()
+    assert "2 feature vectors" in json.loads((outs[1] / "metrics.json").read_text())["ood_reference"]["error"]
