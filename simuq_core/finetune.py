@@ -232,11 +232,8 @@ def validate(model: nnx.Module, uq: UQParams, tiles: dict[str, np.ndarray], inde
     k_c = 2.0 * na * pixel_nm / wavelength
     out["widefield_limit_nm"] = wavelength / (2.0 * na)
     out["sim_limit_nm"] = wavelength / (2.0 * (na + na * k_abs / k_c))
-    period = GRID_PERIOD_PX * rescale  # on the tiles' interior: their border rows are no grid
-    inner = np.asarray(pred["emitter"])[:, period:-period, period:-period]
-    h, w = (n - n % period for n in inner.shape[-2:])
-    out["emitter_grid_index"] = (checkerboard_index(inner[:, :h, :w], period) if min(h, w) > 0
-                                 else math.nan)
+    # on the tiles' interior: their border rows are no grid
+    out["emitter_grid_index"] = _grid_index(pred["emitter"], GRID_PERIOD_PX * rescale, border=True)
     if "emitter_var" in pred:
         std = np.sqrt(pred["emitter_var"].reshape(len(x), -1))
         mean, p95 = std.mean(axis=1), np.percentile(std, 95, axis=1)
@@ -246,11 +243,15 @@ def validate(model: nnx.Module, uq: UQParams, tiles: dict[str, np.ndarray], inde
     return out
 
 
-def _grid_index(image: np.ndarray, period: int) -> float:
-    """:func:`~simuq_core.comparison.checkerboard_index` of one image at ``period`` (cropped to a
-    multiple of it)."""
-    h, w = (n - n % period for n in image.shape[-2:])
-    return checkerboard_index(np.asarray(image)[None, :h, :w], period)
+def _grid_index(images: np.ndarray, period: int, border: bool = False) -> float:
+    """:func:`~simuq_core.comparison.checkerboard_index` at ``period`` of images ``(N, H, W)`` or
+    one ``(H, W)``, cropped to a multiple of it (``border``: one period off every side first);
+    NaN when nothing is left."""
+    img = np.asarray(images).reshape(-1, *np.shape(images)[-2:])
+    if border:
+        img = img[:, period:-period, period:-period]
+    h, w = (n - n % period for n in img.shape[-2:])
+    return checkerboard_index(img[:, :h, :w], period) if min(h, w) > 0 else math.nan
 
 
 def _nanmedian(values: Sequence[float]) -> float:

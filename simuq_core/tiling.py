@@ -63,7 +63,7 @@ def axis_window(tile: int, overlap: int, taper_start: bool, taper_end: bool,
     w = np.ones(tile)
     if overlap > 0:
         n = overlap - 2 * margin
-        ramp = np.clip(np.sin(0.5 * np.pi * (np.arange(overlap) - margin + 0.5) / n), 0.0, 1.0) ** 2
+        ramp = np.sin(0.5 * np.pi * (np.arange(overlap) - margin + 0.5) / n) ** 2
         ramp[:margin] = 0.0
         ramp[overlap - margin:] = 1.0
         if taper_start:
