@@ -6,7 +6,7 @@ Writes reports/bench/bench_data.json. For every size ``N``: ``N`` synthetic acqu
 ``9 × side²`` uint16 (ImageJ TIFF, one Poisson stack copied to every file) in a temporary folder;
 one file is indexed for real (its cold indexing time is reported: read + validate + normalise +
 blind full-field pattern estimate) and its entry is pointed at the other files (the stream does not
-depend on the content). Then :class:`simuq_core.raw_data.CropStream` draws ``--crops`` random crops
+depend on the content). Then :class:`simuq_core.realdata.crops.CropStream` draws ``--crops`` random crops
 per size (batches of ``--batch``, grain read-ahead threads ``--threads``) and the process's resident
 set (RSS, sampled every 5 ms by a thread) is recorded: ``rss_peak_mb`` is the peak during the
 stream, ``rss_growth_mb`` the peak minus the RSS just before it. Streaming holds only crops, so
@@ -29,7 +29,7 @@ import psutil
 import tifffile
 from _common import machine, write_report
 
-from simuq_core.raw_data import CropStream, DataIndex, index_acquisitions, split_regions
+from simuq_core.realdata.crops import CropStream, DataIndex, index_acquisitions, split_regions
 
 
 def _stack(side: int, seed: int = 0) -> np.ndarray:

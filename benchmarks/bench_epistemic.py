@@ -12,7 +12,7 @@ reduced training budget (``--samples`` training stacks, ``--epochs``; 16 val / 1
 - ``ensemble``: ``--members`` networks without dropout, seeds 0 … M−1 (Lakshminarayanan et al.
   2017), one pass each.
 
-Each is scored by the ``epistemic`` report (:mod:`simuq_core.epistemic_report`): total emitter
+Each is scored by the ``epistemic`` report (:mod:`simuq_core.reports.epistemic`): total emitter
 ZMS / coverage95 on the in-distribution test split and on the pooled OOD splits, aleatoric-only
 next to it, and the ROC AUC of the image-level OOD score. Costs: training wall time relative to
 one network, and prediction time (the report's passes) relative to the single network. Writes
@@ -30,10 +30,10 @@ import yaml
 from _common import ROOT, machine, write_report
 
 from simuq_core.config import parse_params
-from simuq_core.dataset import write_dataset
-from simuq_core.epistemic_report import epistemic_report
-from simuq_core.experiment import run_training
-from simuq_core.ood import write_ood_splits
+from simuq_core.reports.epistemic import epistemic_report
+from simuq_core.simulation.dataset import write_dataset
+from simuq_core.simulation.ood import write_ood_splits
+from simuq_core.workflows.train import run_training
 
 
 def _params(args, dropout: float, seed: int):

@@ -39,11 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 from _common import machine, write_report  # noqa: E402  (puts the repo root on sys.path)
 
-from simuq_core import frame_covariance as fc  # noqa: E402
-from simuq_core import physics as ph  # noqa: E402
-from simuq_core import uncertainty as uq  # noqa: E402
-from simuq_core.losses import gaussian_nll  # noqa: E402
-from simuq_core.pattern import PatternEstimate, pattern_maps, pattern_variance  # noqa: E402
+from simuq_core.optics import imaging as ph  # noqa: E402
+from simuq_core.pattern.estimate import PatternEstimate, pattern_maps, pattern_variance  # noqa: E402
+from simuq_core.training.losses import gaussian_nll  # noqa: E402
+from simuq_core.uncertainty import frame_covariance as fc  # noqa: E402
+from simuq_core.uncertainty import propagation as uq  # noqa: E402
 
 BATCH, LR, R, ANGLES, PHASES, BETA = 8, 32, 2, 3, 3, 0.5
 

@@ -8,13 +8,13 @@ weights); the JSON says which. Input: one simulated stack of ``size × size`` ca
 tiles of the training crop (``simulate.lr_h``), ``predict.overlap`` and ``predict.batch_size``.
 Times exclude the one-off JIT compiles (reported separately) and file I/O.
 
-- ``end_to_end``: :class:`simuq_core.predict.TiledPredictor` (tiling, image-level context pass,
+- ``end_to_end``: :class:`simuq_core.inference.files.TiledPredictor` (tiling, image-level context pass,
   network, variance propagation, blending of every mean and std map): camera megapixels per
   second; the same with per-tile context (no statistics pass) and with a mean-only network.
 - ``forward``: one jitted batch of tiles. ``with_uncertainty`` = the network with its
-  log-variance heads + :func:`simuq_core.reconstruction.predict` (bounded variances, exact
+  log-variance heads + :func:`simuq_core.network.forward.predict` (bounded variances, exact
   propagation to ``Var(rec)``, ``Var(S)``); ``mean_only`` = the same architecture without UQ heads
-  (``uq.targets = []``, ``obs_noise = none``) + :func:`simuq_core.physics.forward_model` only.
+  (``uq.targets = []``, ``obs_noise = none``) + :func:`simuq_core.optics.imaging.forward_model` only.
   ``std_cost_ratio`` = with_uncertainty / mean_only.
 """
 
@@ -32,17 +32,18 @@ from _common import ROOT, machine, time_call, write_report
 from flax import nnx
 
 from simuq_core.config import parse_params
-from simuq_core.physics import forward_model
-from simuq_core.predict import TiledPredictor, normalise
-from simuq_core.reconstruction import build_model, model_spec, predict
-from simuq_core.simulation import sample_rng, simulate_sample
+from simuq_core.inference.files import TiledPredictor
+from simuq_core.network.forward import build_model, model_spec, predict
+from simuq_core.optics.imaging import forward_model
+from simuq_core.realdata.normalise import normalise
+from simuq_core.simulation.samples import sample_rng, simulate_sample
 
 
 def _model(params):
     """The trained selfsup model if present, else a fresh default-profile one, and its spec."""
     model_dir = ROOT / "models" / "selfsup"
     if (model_dir / "model.npz").exists() and (model_dir / "model.json").exists():
-        from simuq_core.experiment import load_model
+        from simuq_core.network.store import load_model
 
         model, spec = load_model(model_dir)
         return model, spec, f"trained: {model_dir.relative_to(ROOT)}"

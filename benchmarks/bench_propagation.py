@@ -39,9 +39,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simuq_core import physics as ph  # noqa: E402
-from simuq_core import uncertainty as uq  # noqa: E402
 from simuq_core.config import UQParams  # noqa: E402
+from simuq_core.optics import imaging as ph  # noqa: E402
+from simuq_core.uncertainty import propagation as uq  # noqa: E402
 
 OUT = REPO / "reports" / "bench" / "propagation.json"
 TARGET_RATIO_VS_FORWARD = 1.5
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     results = {name: bench_geometry(name, **g) for name, g in geometries.items()}
     report = {
-        "benchmark": "variance propagation (simuq_core.uncertainty)",
+        "benchmark": "variance propagation (simuq_core.uncertainty.propagation)",
         "quick": args.quick,
         "jax_version": jax.__version__,
         "device": {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind,

@@ -15,7 +15,7 @@ import time
 from _common import machine, write_report
 
 from simuq_core.config import SimulateParams
-from simuq_core.simulation import psf_size, sample_rng, simulate_sample
+from simuq_core.simulation.samples import psf_size, sample_rng, simulate_sample
 
 
 def samples_per_second(cfg: SimulateParams, n: int) -> dict[str, float]:

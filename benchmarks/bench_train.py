@@ -33,9 +33,9 @@ def _setup(objective_kind: str):
     import yaml
 
     from simuq_core.config import parse_params
-    from simuq_core.objectives import selfsup_objective
-    from simuq_core.reconstruction import batch_pattern, build_model, estimate_patterns, predict
-    from simuq_core.training import Trainer
+    from simuq_core.network.forward import batch_pattern, build_model, estimate_patterns, predict
+    from simuq_core.training.engine import Trainer
+    from simuq_core.training.objectives import selfsup_objective
 
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     uq = params.uq.model_copy(update={"targets": ["emitter", "lp", "psf"], "pool_var": "exact",

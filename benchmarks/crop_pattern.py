@@ -6,12 +6,12 @@ without and with the microscope's period hint (±5 %) and with the measured OTF.
 
 Issue 11 asks for the same period (within 1 %) and orientation (within 1°) from any 64-px crop.
 simuq estimates the pattern once per acquisition on the full field and shifts it to every crop or
-tile (``simuq_core.raw_data``, ``simuq_core.predict``), so crops of an acquisition get the
+tile (``simuq_core.realdata.crops``, ``simuq_core.inference.files``), so crops of an acquisition get the
 full-field values by construction; this benchmark measures how far a crop *alone* is from them.
 
 The ``joint_regular*`` settings are an exploration, not used by simuq: a "regular" microscope (one
 period for all angles, orientations 180°/A apart) lets one search over (|k|, θ₀, rotation sense)
-pool the three angles' matched-filter detection maps (:func:`simuq_core.pattern._detection_map`,
+pool the three angles' matched-filter detection maps (:func:`simuq_core.pattern.estimate._detection_map`,
 each normalised by its null RMS), so a weak angle is placed by the strong ones.
 """
 
@@ -24,10 +24,10 @@ import numpy as np
 from _common import ROOT, write_json
 from scipy.ndimage import map_coordinates
 
-from simuq_core import pattern as P
-from simuq_core.acquisition import measured_otf, read_acquisition
-from simuq_core.pattern import estimate_pattern_blind
-from simuq_core.physics import otf_cutoff_cycles_per_px
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.pattern import estimate as P
+from simuq_core.pattern.estimate import estimate_pattern_blind
+from simuq_core.realdata.reader import measured_otf, read_acquisition
 
 EXAMPLE = ROOT / "examples" / "rdl_sim_microtubules"
 

@@ -5,12 +5,12 @@
 Simulates ``n`` stacks of 128×128 camera pixels at the default optics (``params.yaml`` simulate
 section, ``lr_h = lr_w = 128``), runs the external classical SIM tools on each (``pyfairsim`` 0.0.3,
 ``napari-sim-processor`` 0.1.1; whichever is installed), simuq's own band-matching estimator
-(:func:`simuq_core.pattern.estimate_pattern`) and, when present, simuq's Wiener-SIM
+(:func:`simuq_core.pattern.estimate.estimate_pattern`) and, when present, simuq's Wiener-SIM
 (``simuq_core.baselines.wiener.reconstruct_stack``), and compares their pattern parameters with the
 truth and their reconstructions with the GT emitter and with each other. Writes
 ``reports/bench/crosscheck_classical.json`` and ``reports/bench/crosscheck_classical.md``.
 
-Every tool's output is converted to simuq's conventions (DESIGN.md §1, :mod:`simuq_core.pattern`):
+Every tool's output is converted to simuq's conventions (DESIGN.md §1, :mod:`simuq_core.pattern.estimate`):
 
 - frames angle-major (``frame = 3·angle + phase``), pattern ``1 + m·cos(2π k·x + φ + 2πp/3)``;
 - ``k`` = ``(ky, kx)`` in cycles per LR pixel, ``x`` in LR pixels from the image corner (pixel ``i``
@@ -22,7 +22,7 @@ Every tool's output is converted to simuq's conventions (DESIGN.md §1, :mod:`si
 Metrics: relative period error ``(|k̂|⁻¹ − P)/P`` (signed per angle; the summary
 gives its absolute mean and max); orientation error (angle between ``k̂`` and
 ``k``, degrees; 1 % of ``|k|`` perpendicular is 0.573°); wrapped centre-phase error; modulation
-estimate (truth ``m``); PSNR (``simuq_core.evaluation.affine_fit_psnr``) and SSIM (skimage, after the
+estimate (truth ``m``); PSNR (``simuq_core.evaluation.synthetic.affine_fit_psnr``) and SSIM (skimage, after the
 same per-sample affine fit) against the GT emitter; Pearson correlation with the GT and between tools.
 Image metrics use the centre after dropping ``--margin`` LR pixels on each side (pyfairsim fades
 15 px of border; every tool wraps periodically at the edges).
@@ -44,9 +44,9 @@ from _common import ROOT, machine, write_report
 from scipy import ndimage
 
 from simuq_core.config import LightPatternParams, SimulateParams, parse_params
-from simuq_core.evaluation import affine_align, affine_fit_psnr, widefield
-from simuq_core.physics import otf_cutoff_cycles_per_px
-from simuq_core.simulation import SimSample, sample_rng, simulate_sample
+from simuq_core.evaluation.synthetic import affine_align, affine_fit_psnr, widefield
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.simulation.samples import SimSample, sample_rng, simulate_sample
 
 LR_SIZE = 128
 RESCALE = 2  # every tool returns a 2x grid; simuq's GT is compared at hr_factor 2
@@ -298,11 +298,11 @@ def run_pyfairsim(raw: np.ndarray, offset: float, optics: Optics, period_hint: f
 
 def run_simuq_estimate(raw: np.ndarray, sample: SimSample, optics: Optics, period_hint: float,
                        n_angles: int = 3) -> ToolResult:
-    """simuq's own estimator (:func:`simuq_core.pattern.estimate_pattern`, parameters only) with the
+    """simuq's own estimator (:func:`simuq_core.pattern.estimate.estimate_pattern`, parameters only) with the
     model's default period window around the hint; ``modulation`` holds its band-match contrast."""
     import jax.numpy as jnp
 
-    from simuq_core.pattern import estimate_pattern
+    from simuq_core.pattern.estimate import estimate_pattern
 
     x = (np.asarray(raw, np.float64) - sample.norm_offset) / sample.norm_scale
     window = LightPatternParams(period_lr=period_hint).k_range()

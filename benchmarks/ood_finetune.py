@@ -24,10 +24,10 @@ import yaml
 from _common import ROOT, machine, write_report
 
 from simuq_core.config import FinetuneParams, parse_params
-from simuq_core.experiment import load_model
-from simuq_core.finetune import run_finetuning
+from simuq_core.inference.files import predict_files
 from simuq_core.io import read_json
-from simuq_core.predict import predict_files
+from simuq_core.network.store import load_model
+from simuq_core.workflows.finetune import run_finetuning
 
 
 def _scores(model_dir: Path, files: list[Path], out: Path, params, reference: dict) -> dict:

@@ -21,23 +21,23 @@ from pydantic import (
     model_validator,
 )
 
-from simuq_core.physics import otf_cutoff_cycles_per_px
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 
 __all__ = [
-    "NoiseParams",
-    "OODParams",
-    "ObjectParams",
-    "Params",
-    "ParamsError",
-    "PsfParams",
     "CalibrateParams",
     "ExportDebugParams",
     "FinetuneParams",
     "MICROSCOPE_KEYS",
     "MicroscopeParams",
     "ModelParams",
-    "PredictParams",
+    "NoiseParams",
+    "OODParams",
+    "ObjectParams",
     "OpticsPrior",
+    "Params",
+    "ParamsError",
+    "PredictParams",
+    "PsfParams",
     "SimulateParams",
     "TrainParams",
     "UQParams",
@@ -250,7 +250,7 @@ class OpticsPrior(_Strict):
 
 
 class LightPatternParams(_Strict):
-    """How the network gets the illumination (DESIGN.md §1, §9; :mod:`simuq_core.pattern`)."""
+    """How the network gets the illumination (DESIGN.md §1, §9; :mod:`simuq_core.pattern.estimate`)."""
 
     mode: Literal["parametric", "free"] = Field(
         "parametric",
@@ -347,7 +347,7 @@ class TrainParams(_Strict):
     lp_smooth_weight: float = Field(0.0, ge=0.0, description="LP smoothness regulariser")
     freeze: list[str] = Field(
         default_factory=list, description="parameters kept fixed: path prefixes such as "
-        "emitter_logvar_head (simuq_core.training.make_optimizer)")
+        "emitter_logvar_head (simuq_core.training.engine.make_optimizer)")
     gt_norm: Literal["none", "minmax", "minmax_full", "minmax_per_channel"] = Field(
         "none", description="supervised GT normalisation (train_sup only)"
     )
@@ -529,7 +529,7 @@ class PredictParams(_Strict):
                                       "within 5 % of this period (camera px; microscope.pattern_period_px)")
     equalize_frames: bool = Field(
         False, description="divide every frame by its relative mean intensity over the field "
-        "(simuq_core.predict.frame_gains); must match the model's finetune.equalize_frames")
+        "(simuq_core.inference.files.frame_gains); must match the model's finetune.equalize_frames")
 
     @model_validator(mode="after")
     def _margin_inside_overlap(self) -> PredictParams:
@@ -601,7 +601,7 @@ class EpistemicParams(_Strict):
 
 class FinetuneParams(_Strict):
     """The ``finetune`` section: self-supervised fine-tuning of a trained model on real raw
-    acquisitions (:mod:`simuq_core.finetune`; ``pipelines/real/params.yaml``)."""
+    acquisitions (:mod:`simuq_core.workflows.finetune`; ``pipelines/real/params.yaml``)."""
 
     inputs: list[str] = Field(
         default_factory=list, description="raw stacks (TIFF / OME / MRC / DV): files, folders or "
@@ -703,7 +703,7 @@ def _default_ood_shifts() -> dict[str, dict[str, Any]]:
 
 class OODParams(_Strict):
     """The ``ood`` section: test splits shifted away from the training distribution
-    (:mod:`simuq_core.ood`). Each shift is a partial ``simulate`` override merged recursively over
+    (:mod:`simuq_core.simulation.ood`). Each shift is a partial ``simulate`` override merged recursively over
     the ``simulate`` section; the camera geometry and the split sizes stay those of ``simulate``
     / ``ood`` so a trained model runs on every split."""
 

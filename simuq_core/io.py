@@ -24,6 +24,7 @@ import tifffile
 
 __all__ = [
     "atomic_directory",
+    "atomic_file",
     "directory_digest",
     "read_json",
     "read_tiff",
@@ -40,7 +41,7 @@ def _tmp_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
@@ -69,7 +70,7 @@ def write_tiff(
     meta = {"axes": axes, **(metadata or {})}
     if resolution is not None:
         meta.setdefault("unit", "um")
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         tifffile.imwrite(tmp, array, imagej=True, metadata=meta, resolution=resolution)
 
 
@@ -87,7 +88,7 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
     ``np.savez_compressed`` stamps the current time into every zip entry; here entries carry a
     fixed date so the same data always gives the same file (reproducible DVC outputs).
     """
-    with _atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for key, value in arrays.items():
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -98,13 +99,13 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Pretty, key-sorted JSON written atomically."""
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically (temporary name, then rename)."""
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         tmp.write_text(text)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from simuq_core.io import read_json, write_json
+from simuq_core.io import atomic_file, read_json, write_json
 
 __all__ = ["EXPERIMENT_NAME", "RUN_ID_FILE", "Tracker", "flatten_params", "open_run", "run_id_of",
            "tracking_uri"]
@@ -282,10 +282,9 @@ def ablation_table(root: Path | None = None):
 
 def write_ablation_report(out_md: Path, out_csv: Path, root: Path | None = None) -> int:
     """Write the ablation table as Markdown and CSV (atomically); return the number of runs."""
-    from simuq_core.io import _atomic_file
 
     table = ablation_table(root)
-    with _atomic_file(out_csv) as tmp:
+    with atomic_file(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     lines = ["# simuq ablation: one row per MLflow run", "",
              f"Store: `{tracking_uri(root)}`; experiment `{EXPERIMENT_NAME}`. Metrics prefixed "
@@ -296,7 +295,7 @@ def write_ablation_report(out_md: Path, out_csv: Path, root: Path | None = None)
     lines.append("|" + "---|" * len(cols))
     for _, row in table.iterrows():
         lines.append("| " + " | ".join("" if pd_isna(v) else str(v) for v in row) + " |")
-    with _atomic_file(out_md) as tmp:
+    with atomic_file(out_md) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return len(table)
 

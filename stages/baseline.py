@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     setup_logging()
-    from simuq_core.comparison import baseline_report, baseline_summary
     from simuq_core.io import write_json, write_npz, write_text
+    from simuq_core.reports.comparison import baseline_report, baseline_summary
     from simuq_core.tracking import open_run
 
     out, maps = Path(args.out), Path(args.maps)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from simuq_core.reports import calibrate_model
+from simuq_core.reports.synthetic import calibrate_model
 from stages._common import model_run, report_args
 
 log = logging.getLogger("simuq.calibrate")

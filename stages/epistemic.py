@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     setup_logging()
-    from simuq_core.epistemic_report import epistemic_report
+    from simuq_core.reports.epistemic import epistemic_report
 
     models = args.model or [f"models/{args.mode}"]
     out = Path(args.out or f"reports/epistemic/{args.mode}")

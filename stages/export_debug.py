@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from simuq_core.reports import export_debug
+from simuq_core.reports.synthetic import export_debug
 from stages._common import model_run, report_args
 
 

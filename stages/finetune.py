@@ -31,10 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=".cache/raw_index", help="index cache (patterns, normalisation)")
     args = parser.parse_args(argv)
     from simuq_core.config import params_hash
-    from simuq_core.finetune import run_finetuning
     from simuq_core.io import read_json
+    from simuq_core.realdata.checks import InputError
     from simuq_core.tracking import flatten_params, open_run
-    from simuq_core.validation import InputError
+    from simuq_core.workflows.finetune import run_finetuning
 
     # Only this stage's section is read, so the command also runs on a params file without the
     # sections the training stages need.

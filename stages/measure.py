@@ -8,7 +8,7 @@ Reads the ``microscope`` section (angles, phases, camera gain if stated) and the
 section with the microscope's facts copied in (optics, frame order, camera offset, OTF file,
 period hint; inputs unless ``--input``). Writes, atomically, ``{"version", "files": [per-file
 measurement], "skipped": [{"path", "reason"}], "override": partial simulate override,
-"warnings"}`` (:func:`simuq_core.measure.measure_files`). Exit status: 0 done, 2 invalid params or
+"warnings"}`` (:func:`simuq_core.realdata.measure.measure_files`). Exit status: 0 done, 2 invalid params or
 no usable input (every file named with its reason).
 """
 
@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="measured.json", help="output JSON (default: %(default)s)")
     args = parser.parse_args(argv)
     from simuq_core.io import write_json
-    from simuq_core.measure import measure_files
-    from simuq_core.predict import find_inputs
-    from simuq_core.validation import InputError
+    from simuq_core.realdata.checks import InputError
+    from simuq_core.realdata.measure import measure_files
+    from simuq_core.realdata.reader import find_inputs
 
     try:
         microscope, finetune, model_optics = _sections(args.params)

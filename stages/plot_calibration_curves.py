@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from simuq_core.calibration import debug_calibration_curves
+from simuq_core.reports.calibration import debug_calibration_curves
 from stages._common import setup_logging
 
 log = logging.getLogger("simuq.plot_calibration_curves")

@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from simuq_core.plots import plot_training_curves
+from simuq_core.reports.plots import plot_training_curves
 from stages._common import setup_logging
 
 log = logging.getLogger("simuq.plot_metrics_curves")

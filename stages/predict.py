@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: --device {args.device}: {exc}", file=sys.stderr)
         return 2
-    from simuq_core.experiment import load_model
-    from simuq_core.predict import OOD_REFERENCE_FILE, find_inputs, predict_files, resolve_tile
+    from simuq_core.inference.files import OOD_REFERENCE_FILE, predict_files, resolve_tile
+    from simuq_core.network.store import load_model
+    from simuq_core.realdata.reader import find_inputs
 
     inputs = find_inputs(args.input)
     if not inputs:
@@ -95,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         tile = resolve_tile(cfg.tile, spec, fallback=min(sim.lr_h, sim.lr_w))
         wiener = None
         if cfg.wiener:
-            from simuq_core.comparison import wiener_options
+            from simuq_core.reports.comparison import wiener_options
 
             wiener = wiener_options(params.baseline, cfg.wiener_w or params.baseline.wiener_w[0])
         n_epi = (args.epistemic if args.epistemic is not None
                  else params.epistemic.n_samples if float(spec["model"].get("dropout", 0.0)) > 0 else 0)
         reference = None
-        # A fine-tuned model carries its own reference (simuq_core.finetune.ood_reference_from_data).
+        # A fine-tuned model carries its own reference (simuq_core.workflows.finetune.ood_reference_from_data).
         own = Path(args.model) / OOD_REFERENCE_FILE
         ref_arg = args.ood_reference or (str(own) if own.is_file() else None)
         if ref_arg:

@@ -6,7 +6,7 @@
 
 Reads ``<predict>/<model>/report.json`` for every model folder (e.g. ``pretrained``,
 ``finetuned``), scores every reconstructed input over its full field
-(:func:`simuq_core.finetune.field_metrics`) and adds the held-out validation of the fine-tuning
+(:func:`simuq_core.workflows.finetune.field_metrics`) and adds the held-out validation of the fine-tuning
 run (``<finetuned>/metrics.json``). Writes ``<out>/metrics.json`` (DVC metrics),
 ``<out>/summary.md`` and the figure (widefield | Wiener SIM | simuq emitter | emitter std, with a
 zoom in the held-out strip) of the first input predicted by the ``finetuned`` model, and logs it
@@ -28,9 +28,9 @@ from stages._common import base_parser, setup_logging
 def _load_input(summary: dict[str, Any], folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The normalised raw frames ``(F, H, W)`` of a prediction (its recorded offset and scale)
     and its maps."""
+    from simuq_core.inference.files import read_stack
     from simuq_core.io import read_tiff
-    from simuq_core.predict import read_stack
-    from simuq_core.validation import to_frame_stack
+    from simuq_core.realdata.checks import to_frame_stack
 
     array, _ = read_stack(summary["input"])
     raw, _ = to_frame_stack(np.asarray(array), int(summary["model"]["n_frames"]), summary["input"])
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoom", type=int, default=64, help="zoom side in camera px (default: %(default)s)")
     args = parser.parse_args(argv)
     from simuq_core.config import OpticsPrior
-    from simuq_core.finetune import brightest_window, field_metrics, plot_real_walkthrough
+    from simuq_core.evaluation.gtfree import brightest_window, field_metrics
     from simuq_core.io import read_json, write_json, write_text
+    from simuq_core.reports.real import plot_real_walkthrough
     from simuq_core.tracking import flatten_params
     from stages._common import model_run, read_sections
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "metrics.json", report)
     write_text(out / "summary.md", _markdown(report))
     if figure_input is not None:
-        from simuq_core.evaluation import widefield
+        from simuq_core.evaluation.synthetic import widefield
 
         x, maps, name, r, camera_nm, period = figure_input
         cutoff = 2.0 * optics.na * camera_nm / optics.wavelength_nm  # cycles per camera px

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from simuq_core.dataset import write_dataset
+from simuq_core.simulation.dataset import write_dataset
 from stages._common import base_parser, load_params, setup_logging
 
 log = logging.getLogger("simuq.simulate")
@@ -21,12 +21,12 @@ log = logging.getLogger("simuq.simulate")
 
 def matched_simulation(simulate, path: str | Path):
     """The ``simulate`` section with the measured ``override`` of ``path`` merged over it
-    (:func:`simuq_core.ood.merge_override`) and validated; a clear error names the file."""
+    (:func:`simuq_core.simulation.ood.merge_override`) and validated; a clear error names the file."""
     from pydantic import ValidationError
 
     from simuq_core.config import SimulateParams, format_validation_error
     from simuq_core.io import read_json
-    from simuq_core.ood import merge_override
+    from simuq_core.simulation.ood import merge_override
 
     path = Path(path)
     try:

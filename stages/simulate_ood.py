@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from simuq_core.config import ParamsError
-from simuq_core.ood import write_ood_splits
+from simuq_core.simulation.ood import write_ood_splits
 from stages._common import base_parser, load_params, setup_logging
 
 log = logging.getLogger("simuq.simulate_ood")

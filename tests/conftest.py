@@ -44,7 +44,7 @@ SHARED_TRAIN = {"epochs": 4, "debug_every_epochs": 2}
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """A tiny model trained by :func:`~simuq_core.experiment.run_training` on :func:`tiny_data`
+    """A tiny model trained by :func:`~simuq_core.workflows.train.run_training` on :func:`tiny_data`
     with the tiny profile and :data:`SHARED_TRAIN`, and its test metrics."""
 
     mode: str
@@ -55,7 +55,7 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """The tiny profile's synthetic dataset (4 train, 2 val, 2 test stacks of 16² camera px)."""
-    from simuq_core.dataset import write_dataset
+    from simuq_core.simulation.dataset import write_dataset
     from tests._tiny import tiny_params
 
     root = tmp_path_factory.mktemp("tiny_data") / "sim"
@@ -64,7 +64,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def _train(mode: str, data: Path, tmp_path_factory) -> TrainedRun:
-    from simuq_core.experiment import run_training
+    from simuq_core.workflows.train import run_training
     from tests._tiny import tiny_params
 
     out = tmp_path_factory.mktemp(f"tiny_{mode}") / mode

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from simuq_core.acquisition import SaturationWarning, read_acquisition, read_otf_profile
-from simuq_core.validation import InputError
+from simuq_core.realdata.checks import InputError
+from simuq_core.realdata.reader import SaturationWarning, read_acquisition, read_otf_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "rdl_sim_microtubules"

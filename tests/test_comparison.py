@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from simuq_core import comparison as cmp
-from simuq_core.dataset import write_dataset
+from simuq_core.reports import comparison as cmp
+from simuq_core.simulation.dataset import write_dataset
 from tests.test_training import tiny_params
 
 _params = tiny_params
@@ -63,8 +63,8 @@ def test_benchmark_set_levels_share_the_scene_and_twins_differ_only_by_noise():
 
 
 def test_quality_report_scores_every_method_with_a_network(tmp_path):
-    from simuq_core.predict import TiledPredictor
-    from simuq_core.reconstruction import build_model, model_spec
+    from simuq_core.inference.files import TiledPredictor
+    from simuq_core.network.forward import build_model, model_spec
 
     p = _params()
     model = build_model(p.model, p.uq, 9, 0)

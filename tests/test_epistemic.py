@@ -3,20 +3,20 @@
 import numpy as np
 import pytest
 
-from simuq_core.epistemic import (
+from simuq_core.inference.ensemble import make_ensemble_predictor
+from simuq_core.network.forward import build_model
+from simuq_core.uncertainty.epistemic import (
     EnsembleAccumulator,
     check_members,
     combine_members,
     fit_input_model,
     input_distance,
     input_features,
-    make_ensemble_predictor,
     ood_flags,
     ood_reference,
     ood_scores,
     roc_auc,
 )
-from simuq_core.reconstruction import build_model
 from tests.test_training import _trainer, _x, tiny_params
 
 
@@ -163,7 +163,7 @@ def test_dropout_sites_are_validated():
         with pytest.raises((ValidationError, ValueError), match=match):
             tiny_params(model={"dropout_at": bad})
     # stored with the model, so a loaded network drops where it was trained to
-    from simuq_core.reconstruction import model_spec
+    from simuq_core.network.forward import model_spec
 
     p = tiny_params(model={"dropout_at": ["mid", "bottleneck"]})
     assert ModelParams(**model_spec(p.model, p.uq, 9)["model"]).dropout_at == ["mid", "bottleneck"]
@@ -207,7 +207,7 @@ def test_input_features_are_block_size_free_and_separate_blobs_from_filaments(rn
     of 16² or one 64², each bin ~ (v/9)·χ²₂/2); the bands next to DC are biased low by the mean
     removal and differ between block sizes, so an image is always scored with the block size of
     its reference. Smooth blobs are far outside the statistics of filament samples."""
-    from simuq_core.simulation import sample_rng, simulate_sample
+    from simuq_core.simulation.samples import sample_rng, simulate_sample
 
     v = 4.0
     x = 1.0 + np.sqrt(v) * rng.normal(size=(1, 9, 64, 64))
@@ -231,8 +231,8 @@ def test_input_features_are_block_size_free_and_separate_blobs_from_filaments(rn
 
 
 def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_inputs(rng):
-    from simuq_core.predict import TiledPredictor, ood_check
-    from simuq_core.reconstruction import model_spec
+    from simuq_core.inference.files import TiledPredictor, ood_check
+    from simuq_core.network.forward import model_spec
 
     p = tiny_params(model={"dropout": 0.2})
     model = build_model(p.model, p.uq, 9, 0)
@@ -269,10 +269,10 @@ def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_in
 def test_epistemic_report_end_to_end_and_member_check(tmp_path):
     import json
 
-    from simuq_core.dataset import write_dataset
-    from simuq_core.epistemic_report import epistemic_report, load_members
-    from simuq_core.experiment import run_training
-    from simuq_core.ood import write_ood_splits
+    from simuq_core.reports.epistemic import epistemic_report, load_members
+    from simuq_core.simulation.dataset import write_dataset
+    from simuq_core.simulation.ood import write_ood_splits
+    from simuq_core.workflows.train import run_training
 
     # two OOD shifts keep it short; the pooled split still pools several
     p = tiny_params(train_sup={"epochs": 1, "debug_every_epochs": 100},

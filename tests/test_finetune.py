@@ -14,11 +14,12 @@ import yaml
 from pydantic import ValidationError
 
 from simuq_core.config import parse_params
-from simuq_core.experiment import load_model, save_model
-from simuq_core.finetune import FinetuneParams, classical_noise_variance
-from simuq_core.pattern import airy_camera_otf
-from simuq_core.physics import otf_cutoff_cycles_per_px
-from simuq_core.reconstruction import build_model, model_spec
+from simuq_core.evaluation.gtfree import classical_noise_variance
+from simuq_core.network.forward import build_model, model_spec
+from simuq_core.network.store import load_model, save_model
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.pattern.estimate import airy_camera_otf
+from simuq_core.workflows.finetune import FinetuneParams
 
 REPO = Path(__file__).resolve().parents[1]
 MT = REPO / "examples" / "rdl_sim_microtubules" / "MT.mrc"
@@ -128,9 +129,9 @@ def _check_ood_reference(model_dir: Path) -> None:
     focus are flagged by the input statistics, and ``ood_check`` works without MC-dropout maps."""
     from scipy.ndimage import gaussian_filter
 
-    from simuq_core.acquisition import read_acquisition
-    from simuq_core.epistemic import input_distance, input_features
-    from simuq_core.predict import OOD_REFERENCE_FILE, ood_check
+    from simuq_core.inference.files import OOD_REFERENCE_FILE, ood_check
+    from simuq_core.realdata.reader import read_acquisition
+    from simuq_core.uncertainty.epistemic import input_distance, input_features
 
     ref = json.loads((model_dir / OOD_REFERENCE_FILE).read_text())
     assert set(ref) >= {"input", "misfit", "input_model"} and "epistemic" not in ref
@@ -156,7 +157,7 @@ def test_finetune_variance_refit_and_equalised_frames(tmp_path, monkeypatch):
     frozen: identical to a run without the phase), on frames divided by their whole-field gains.
     (The second run also has too little data for an OOD reference: it is skipped with the reason,
     the model is still saved.)"""
-    import simuq_core.finetune as ft
+    import simuq_core.workflows.finetune as ft
     from stages.finetune import main
 
     pre = _tiny_model(tmp_path / "pre")

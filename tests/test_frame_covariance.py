@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simuq_core import frame_covariance as fc
-from simuq_core import physics as ph
-from simuq_core import uncertainty as uq
-from simuq_core.losses import gaussian_nll
-from simuq_core.pattern import PatternEstimate, pattern_maps, pattern_variance
+from simuq_core.optics import imaging as ph
+from simuq_core.pattern.estimate import PatternEstimate, pattern_maps, pattern_variance
+from simuq_core.training.losses import gaussian_nll
+from simuq_core.uncertainty import frame_covariance as fc
+from simuq_core.uncertainty import propagation as uq
 
 A, P, F = 3, 3, 9
 N_MC = 12_000
@@ -211,7 +211,7 @@ def test_nll_matches_dense_reference_and_diagonal_case():
     np.testing.assert_allclose(fc.frame_gaussian_nll(_f32(res), _f32(cov), jitter=0.0),
                                ref.mean() / F, rtol=2e-5)
 
-    # Diagonal Σ: the per-frame β-NLL of simuq_core.losses, β = 0 exactly; β > 0 weights each
+    # Diagonal Σ: the per-frame β-NLL of simuq_core.training.losses, β = 0 exactly; β > 0 weights each
     # pixel by sg(mean_k v_k)^β (equal to the per-frame weight when the frames share v).
     var = rng.uniform(0.1, 2.0, (2, F, 3, 4))
     diag_cov = _f32(np.moveaxis(var, 1, -1)[..., None] * np.eye(F))

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from simuq_core import losses
+from simuq_core.training import losses
 
 N_DRAWS = 100_000
 

@@ -23,12 +23,12 @@ import pytest
 import tifffile
 import yaml
 
-from simuq_core.acquisition import read_acquisition
 from simuq_core.config import SimulateParams, apply_microscope
-from simuq_core.measure import measure_acquisition, measure_files, photon_transfer, simulate_override
-from simuq_core.ood import merge_override
-from simuq_core.simulation import simulate_sample
-from simuq_core.validation import InputError
+from simuq_core.realdata.checks import InputError
+from simuq_core.realdata.measure import measure_acquisition, measure_files, photon_transfer, simulate_override
+from simuq_core.realdata.reader import read_acquisition
+from simuq_core.simulation.ood import merge_override
+from simuq_core.simulation.samples import simulate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 MT = ROOT / "examples" / "rdl_sim_microtubules" / "MT.mrc"

@@ -1,4 +1,4 @@
-"""Tests for simuq_core.metrics (DESIGN.md §6).
+"""Tests for simuq_core.evaluation.metrics (DESIGN.md §6).
 
 Tolerances are derived from the sample size: for N pixels, a proportion p has binomial SE
 ``√(p(1−p)/N)`` and a mean of ``χ²₁`` variables has relative SE ``√(2/N)``; checks use 5 SE unless a
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from simuq_core import metrics
+from simuq_core.evaluation import metrics
 
 N = 200_000
 P68 = math.erf(1 / math.sqrt(2))  # 0.6827

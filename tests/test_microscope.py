@@ -11,10 +11,10 @@ import tifffile
 import yaml
 
 from simuq_core.config import MICROSCOPE_KEYS, ParamsError, parse_params, parse_section
-from simuq_core.experiment import save_model
-from simuq_core.reconstruction import build_model, model_spec
-from simuq_core.simulation import sample_rng, simulate_sample
-from simuq_core.validation import InputError, angle_major_order
+from simuq_core.network.forward import build_model, model_spec
+from simuq_core.network.store import save_model
+from simuq_core.realdata.checks import InputError, angle_major_order
+from simuq_core.simulation.samples import sample_rng, simulate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = [ROOT / "params.yaml", ROOT / "pipelines" / "real" / "params.yaml",
@@ -161,7 +161,7 @@ def test_phase_major_files_are_reordered_before_prediction(tmp_path):
 
 
 def test_measured_otf_file_reaches_the_blind_search_and_a_missing_one_is_named(tmp_path):
-    from simuq_core.raw_data import index_acquisitions
+    from simuq_core.realdata.crops import index_acquisitions
 
     otf = EXAMPLE / "TIRF488_cam1_0_z30_OTF2d.mrc"
     kwargs = {"na": 1.47, "wavelength_nm": 525.0, "default_pixel_nm": 62.6, "period_hint": 2.87}
@@ -175,7 +175,7 @@ def test_measured_otf_file_reaches_the_blind_search_and_a_missing_one_is_named(t
 
 def test_finetuning_warns_when_the_microscope_is_not_the_pretrained_model_s():
     from simuq_core.config import OpticsPrior
-    from simuq_core.finetune import optics_mismatch
+    from simuq_core.workflows.finetune import optics_mismatch
 
     model = OpticsPrior(na=1.3, wavelength_nm=488.0, lr_pixel_nm=62.6)
     assert optics_mismatch(OpticsPrior(na=1.31, wavelength_nm=488.0, lr_pixel_nm=62.6), model) is None

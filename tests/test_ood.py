@@ -9,11 +9,11 @@ import pytest
 from scipy.optimize import brentq
 from scipy.special import j1
 
-from simuq_core import dataset as ds
-from simuq_core import ood
-from simuq_core import simulation as sim
 from simuq_core.config import ObjectParams, ParamsError, SimulateParams, parse_params
-from simuq_core.physics import airy_psf, default_psf_size, gaussian_psf
+from simuq_core.optics.imaging import airy_psf, default_psf_size, gaussian_psf
+from simuq_core.simulation import dataset as ds
+from simuq_core.simulation import ood
+from simuq_core.simulation import samples as sim
 from stages import simulate_ood
 
 # The base mirrors params.yaml's photon budget (log-uniform 20-200 photons) at a tiny crop.

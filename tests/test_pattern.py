@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from simuq_core.config import parse_params
-from simuq_core.pattern import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
-from simuq_core.physics import illumination_patterns
-from simuq_core.simulation import simulate_sample
+from simuq_core.optics.imaging import illumination_patterns
+from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
+from simuq_core.simulation.samples import simulate_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 NA, WAVELENGTH, PIXEL = 1.3, 488.0, 62.6
@@ -119,7 +119,7 @@ def test_maps_match_the_simulator_and_average_to_one(rng):
     m = jnp.asarray(rng.uniform(0.5, 0.9, (2, 3)), jnp.float32)
     lp = np.asarray(pattern_maps(pat, m, 3, (16, 20), 3))
     np.testing.assert_allclose(lp.mean(axis=1), 1.0, atol=1e-5)
-    from simuq_core.physics import PatternParams
+    from simuq_core.optics.imaging import PatternParams
     for i in range(2):
         k = np.repeat(np.asarray(pat.k[i], np.float64), 3, axis=0)
         phi_corner = np.asarray(pat.phase[i]) - 2 * np.pi * (k[::3, 0] * 8 + k[::3, 1] * 10)
@@ -186,7 +186,7 @@ def test_parametric_network_pattern_heads_and_gradients(rng):
     import jax
     from flax import nnx
 
-    from simuq_core.reconstruction import build_model, estimate_patterns, predict
+    from simuq_core.network.forward import build_model, estimate_patterns, predict
 
     p = _tiny()
     assert p.model.light_pattern.mode == "parametric"
@@ -201,7 +201,7 @@ def test_parametric_network_pattern_heads_and_gradients(rng):
     assert out["lp_var"].shape == out["light_pattern"].shape
     # Precomputed estimates (as training passes them) give the same prediction.
     pre = estimate_patterns(model, x, batch_size=1)
-    from simuq_core.reconstruction import batch_pattern
+    from simuq_core.network.forward import batch_pattern
     again = predict(model, jnp.asarray(x), p.uq, batch_pattern({k: jnp.asarray(v)
                                                                 for k, v in pre.items()}))
     np.testing.assert_allclose(np.asarray(again["var_rec"]), np.asarray(out["var_rec"]), rtol=1e-5)
@@ -219,7 +219,7 @@ def test_parametric_network_pattern_heads_and_gradients(rng):
 def test_free_pattern_ablation_and_disabled_lp_target(rng):
     from flax import nnx
 
-    from simuq_core.reconstruction import build_model, predict
+    from simuq_core.network.forward import build_model, predict
 
     x = jnp.asarray(rng.random((1, 9, 16, 16)), jnp.float32)
     free = _tiny(light_pattern={"mode": "free"})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from simuq_core import physics as ph
+from simuq_core.optics import imaging as ph
 
 
 def _fwhm_px(psf: np.ndarray) -> float:

@@ -14,21 +14,16 @@ import tifffile
 from flax import nnx
 
 from simuq_core.config import UQParams
-from simuq_core.experiment import load_model
-from simuq_core.image_context import FROZEN, POOLED, get_path, set_mode, with_context_layers
-from simuq_core.predict import (
-    TiledPredictor,
-    find_inputs,
-    frame_gains,
-    normalise,
-    read_stack,
-    resolve_offset,
-    resolve_tile,
-)
-from simuq_core.reconstruction import build_model, predict
-from simuq_core.simulation import sample_rng, simulate_sample
-from simuq_core.tiling import Blender, axis_window, make_grid, pad_image
-from simuq_core.validation import InputError, check_values, frame_order_warnings, to_frame_stack
+from simuq_core.inference.context import FROZEN, POOLED, get_path, set_mode, with_context_layers
+from simuq_core.inference.files import TiledPredictor, read_stack, resolve_tile
+from simuq_core.inference.tiling import Blender, axis_window, make_grid, pad_image
+from simuq_core.network.forward import build_model, predict
+from simuq_core.network.store import load_model
+from simuq_core.pattern.frame_order import frame_order_warnings
+from simuq_core.realdata.checks import InputError, check_values, to_frame_stack
+from simuq_core.realdata.normalise import frame_gains, normalise, resolve_offset
+from simuq_core.realdata.reader import find_inputs
+from simuq_core.simulation.samples import sample_rng, simulate_sample
 from stages.predict import main as predict_main
 from tests.test_training import tiny_params
 
@@ -151,7 +146,7 @@ def test_crop_mean_statistics_average_each_inputs_own(rng):
     """``CROP_MEAN`` normalises with the mean of the inputs' own means and variances: for inputs
     of different brightness its variance is the mean within-input variance, below the pooled one
     by exactly the spread of the inputs' means (what pooling adds); one input gives its own."""
-    from simuq_core.image_context import CROP_MEAN, ContextGroupNorm
+    from simuq_core.inference.context import CROP_MEAN, ContextGroupNorm
 
     layer = ContextGroupNorm(nnx.GroupNorm(4, num_groups=2, rngs=nnx.Rngs(0)))
     x = jnp.asarray(rng.standard_normal((3, 8, 8, 4)) * [[[[1.0]]], [[[2.0]]], [[[0.5]]]]

@@ -1,4 +1,4 @@
-"""Quality metrics of reconstructions against known answers (simuq_core.quality, issue 12)."""
+"""Quality metrics of reconstructions against known answers (simuq_core.evaluation.quality, issue 12)."""
 
 import json
 import math
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from simuq_core import quality as q
-from simuq_core import simulation as sim
 from simuq_core.config import SimulateParams
-from simuq_core.evaluation import widefield
-from simuq_core.physics import otf_cutoff_cycles_per_px
+from simuq_core.evaluation import quality as q
+from simuq_core.evaluation.synthetic import widefield
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.simulation import samples as sim
 
 # The Hann window inflates the variance of a spectral correlation of independent noise over n
 # Fourier samples from 1/n to ≈ (Σw⁴/(Σw²)²)² / n = (35/18)² / n ≈ 3.78 / n (measured 3.2 / n over

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from simuq_core import raw_data
-from simuq_core.pattern import PatternEstimate, airy_camera_otf, pattern_maps, shift_pattern_origin
-from simuq_core.physics import otf_cutoff_cycles_per_px
-from simuq_core.raw_data import CropStream, index_acquisitions, read_crop, split_regions
-from simuq_core.validation import InputError
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.pattern.estimate import PatternEstimate, airy_camera_otf, pattern_maps, shift_pattern_origin
+from simuq_core.realdata import crops as raw_data
+from simuq_core.realdata.checks import InputError
+from simuq_core.realdata.crops import CropStream, index_acquisitions, read_crop, split_regions
 
 NA, WAVELENGTH, PIXEL = 1.3, 488.0, 62.6
 PERIOD = 5.0
@@ -224,7 +224,7 @@ _WORKER = textwrap.dedent("""
     import jax
     jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                                process_id=int(sys.argv[2]), initialization_timeout=60)
-    from simuq_core.raw_data import CropStream, index_acquisitions, split_regions
+    from simuq_core.realdata.crops import CropStream, index_acquisitions, split_regions
     paths = json.loads(sys.argv[3])
     idx = index_acquisitions(paths, sys.argv[4], na=1.3, wavelength_nm=488.0, default_pixel_nm=62.6,
                              norm_offset=100.0)
@@ -277,7 +277,7 @@ def test_two_processes_read_disjoint_shares(files, tmp_path, indexed):
 def test_equalize_frames_divides_crops_by_the_whole_field_gains(files, tmp_path):
     """Per-angle illumination differences (0.8 / 1.2 / 1.0) are measured on the whole field and
     divided out of every crop; without the option crops are unchanged (issue 11, MT.mrc)."""
-    from simuq_core.predict import frame_gains
+    from simuq_core.realdata.normalise import frame_gains
 
     stack = tifffile.imread(files[1]).astype(np.float64) - 100.0
     gain = np.repeat([0.8, 1.2, 1.0], 3)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import yaml
 
-from simuq_core.acquisition import read_acquisition
 from simuq_core.config import parse_params
-from simuq_core.experiment import save_model
-from simuq_core.finetune import brightest_window, field_metrics
-from simuq_core.predict import pattern_source
-from simuq_core.reconstruction import build_model, model_spec
+from simuq_core.evaluation.gtfree import brightest_window, field_metrics
+from simuq_core.inference.files import pattern_source
+from simuq_core.network.forward import build_model, model_spec
+from simuq_core.network.store import save_model
+from simuq_core.realdata.reader import read_acquisition
 
 REPO = Path(__file__).resolve().parents[1]
 MT = REPO / "examples" / "rdl_sim_microtubules" / "MT.mrc"
@@ -105,8 +105,9 @@ def test_blind_pattern_of_an_mrc2014_crop_with_a_period_hint(tmp_path):
     """A 128-px strict MRC2014 crop: blind over the whole band an angle's peak can be lost at this
     size; with the period hint all three are found (within 2 %); a weak estimate is reported as
     such, never blamed on the frame order."""
-    from simuq_core.predict import blind_image_pattern, normalise, read_stack
-    from simuq_core.validation import to_frame_stack
+    from simuq_core.inference.files import blind_image_pattern, read_stack
+    from simuq_core.realdata.checks import to_frame_stack
+    from simuq_core.realdata.normalise import normalise
 
     path = tmp_path / "crop.mrc"
     _write_mrc_crop(path, 128)
@@ -249,14 +250,41 @@ def test_real_params_file_is_valid_and_matched_to_the_example():
     assert (optics.na, optics.wavelength_nm, optics.lr_pixel_nm) == (1.47, 525.0, 62.6)
     assert params.simulate.period_lr == pytest.approx(PERIOD, rel=0.01)
     assert params.model.light_pattern.period_lr == pytest.approx(PERIOD, rel=0.01)
-    assert params.finetune.inputs and params.finetune.crop % 2**params.model.depth == 0
+    assert params.finetune.crop % 2**params.model.depth == 0
     assert params.finetune.crop == params.simulate.lr_h
+
+
+def test_real_pipeline_names_its_raw_data_in_one_place():
+    """The raw stacks appear in pipelines/real only through dvc.yaml's two variables: the folder
+    DVC tracks and the files of it the stages read (which match the shipped example); neither the
+    params file nor any stage repeats a path to them."""
+    import glob
+
+    dvc = yaml.safe_load((REPO / "pipelines" / "real" / "dvc.yaml").read_text())
+    variables = {k: v for entry in dvc["vars"] for k, v in entry.items()}
+    assert set(variables) == {"raw_dir", "raw_files"}
+    assert [Path(f).name for f in glob.glob(str(REPO / variables["raw_dir"] / variables["raw_files"]))
+            if "OTF" not in f] == ["MT.mrc"]
+    text = (REPO / "pipelines" / "real" / "dvc.yaml").read_text()
+    assert text.count(variables["raw_dir"]) == 1
+    def strings(node):
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        if isinstance(node, list):
+            return [s for v in node for s in strings(v)]
+        return [node] if isinstance(node, str) else []
+
+    params = yaml.safe_load((REPO / "pipelines" / "real" / "params.yaml").read_text())
+    assert not [s for s in strings(params) if variables["raw_dir"] in s]
+    for stage in dvc["stages"].values():
+        cmds = stage["cmd"] if isinstance(stage["cmd"], list) else [stage["cmd"]]
+        assert all("MT.mrc" not in c for c in cmds)
 
 
 def test_log_spectrum_puts_a_cosine_at_its_frequency():
     """A cosine of 8 cycles across 64 px: the spectrum peaks 8 px from the centre (Hann window,
     mean removed), at the top of the dynamic range."""
-    from simuq_core.finetune import log_spectrum
+    from simuq_core.evaluation.gtfree import log_spectrum
 
     y, x = np.mgrid[:64, :64]
     spec = log_spectrum(1.0 + np.cos(2 * np.pi * 8 * x / 64))

@@ -15,14 +15,14 @@ import pytest
 import tifffile
 from matplotlib import image as mpimg
 
-from simuq_core import metrics
 from simuq_core.config import CalibrateParams, ExportDebugParams
-from simuq_core.dataset import load_split
-from simuq_core.debug import wait_for_figures
-from simuq_core.evaluation import affine_align, make_predictor, pool_gt, pool_psf
-from simuq_core.experiment import load_model, save_model
-from simuq_core.reconstruction import build_model, model_spec
-from simuq_core.reports import calibrate_model, choose_samples, export_debug
+from simuq_core.evaluation import metrics
+from simuq_core.evaluation.synthetic import affine_align, make_predictor, pool_gt, pool_psf
+from simuq_core.network.forward import build_model, model_spec
+from simuq_core.network.store import load_model, save_model
+from simuq_core.reports.debug import wait_for_figures
+from simuq_core.reports.synthetic import calibrate_model, choose_samples, export_debug
+from simuq_core.simulation.dataset import load_split
 from stages import plot_calibration_curves, plot_metrics_curves
 from tests.test_training import tiny_params
 

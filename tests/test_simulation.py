@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from simuq_core import dataset as ds
-from simuq_core import simulation as sim
 from simuq_core.config import SimulateParams
+from simuq_core.simulation import dataset as ds
+from simuq_core.simulation import samples as sim
 
 TINY = dict(n_samples=3, n_val=1, n_test=1, lr_h=16, lr_w=16, hr_factor=2)
 

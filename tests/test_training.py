@@ -10,10 +10,11 @@ import pytest
 from flax import nnx
 
 from simuq_core.config import Params
-from simuq_core.experiment import apply_gt_norm, load_model
-from simuq_core.objectives import selfsup_objective
-from simuq_core.reconstruction import build_model, predict
-from simuq_core.training import Trainer, TrainingDiverged
+from simuq_core.evaluation.synthetic import apply_gt_norm
+from simuq_core.network.forward import build_model, predict
+from simuq_core.network.store import load_model
+from simuq_core.training.engine import Trainer, TrainingDiverged
+from simuq_core.training.objectives import selfsup_objective
 from tests._tiny import tiny_params  # (other test modules import it from here too)
 
 
@@ -74,7 +75,7 @@ def test_unet_decoder_upsampling_grid(up):
     periodic at its strides (its 2×2 kernels differ per output pixel), resize-convolution a
     constant (one kernel at every pixel), the grid artefact of issue 11 removed by construction.
     (The real pipeline trains and predicts with resize_conv: tests/test_real_pipeline.py.)"""
-    from simuq_core.models import UNet
+    from simuq_core.network.simnet import UNet
 
     unet = UNet(9, 8, 2, up=up, rngs=nnx.Rngs(0))
     feats, _ = unet(jax.numpy.ones((1, 128, 128, 9)))
@@ -109,7 +110,7 @@ def test_full_frame_covariance_objective_gives_finite_loss_and_gradients(tmp_pat
     no pattern uncertainty (whose coherent errors the per-frame rule treats as independent per
     pixel), exactly the per-frame ``var_rec`` on the diagonal: camera noise incl. the residual-aware
     map, emitter and PSF terms are all wired in."""
-    from simuq_core.frame_covariance import covariance_diagonal, covariance_of_prediction
+    from simuq_core.uncertainty.frame_covariance import covariance_diagonal, covariance_of_prediction
 
     # (batch of 4 on 2 devices: the diagonal case is then the same program as the two-device
     # trainer below, compiled once)
@@ -272,7 +273,7 @@ def test_make_optimizer_freezes_parameters_by_path_prefix():
     import jax.numpy as jnp
 
     from simuq_core.config import TrainParams
-    from simuq_core.training import make_optimizer
+    from simuq_core.training.engine import make_optimizer
 
     params = {"emitter_logvar_head": {"out": {"kernel": jnp.ones((2, 2))}}, "emitter_head": jnp.ones((2, 2))}
     grads = jax.tree.map(jnp.ones_like, params)

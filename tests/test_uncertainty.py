@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from simuq_core import physics as ph
-from simuq_core import uncertainty as uq
 from simuq_core.config import UQParams
+from simuq_core.optics import imaging as ph
+from simuq_core.uncertainty import propagation as uq
 
 N_MC = 20_000
 SE = math.sqrt(2.0 / (N_MC - 1))
@@ -490,7 +490,7 @@ def test_mc_rejects_a_chunk_that_does_not_divide():
 def test_one_pass_exact_variance_equals_the_term_by_term_rules(r):
     """propagate_rec_variance's fused exact path (shared inverse FFT, merged PSF terms) equals
     pooled_latent_variance + psf_uncertainty_variance evaluated separately."""
-    from simuq_core.uncertainty import (
+    from simuq_core.uncertainty.propagation import (
         pooled_latent_variance,
         product_variance,
         propagate_rec_variance,

@@ -19,9 +19,9 @@ from simuq_core.baselines import (
 )
 from simuq_core.baselines.wiener import _design, _split, _tile, _upsampler
 from simuq_core.config import SimulateParams
-from simuq_core.evaluation import affine_fit_psnr
-from simuq_core.physics import PatternParams, forward_model, illumination_patterns
-from simuq_core.simulation import make_psf, sample_rng, simulate_sample
+from simuq_core.evaluation.synthetic import affine_fit_psnr
+from simuq_core.optics.imaging import PatternParams, forward_model, illumination_patterns
+from simuq_core.simulation.samples import make_psf, sample_rng, simulate_sample
 
 NA, WAVELENGTH, PIXEL = 1.3, 488.0, 62.6
 OTF = ideal_otf(NA, WAVELENGTH, PIXEL)

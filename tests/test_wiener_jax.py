@@ -7,10 +7,10 @@ import pytest
 from simuq_core.baselines import WienerOptions, equal_step_phases, ideal_otf, wiener_sim
 from simuq_core.baselines.wiener_jax import fourier_upsample, wiener_sim_jax
 from simuq_core.config import SimulateParams
-from simuq_core.evaluation import affine_fit_psnr, pool_gt
-from simuq_core.pattern import PatternEstimate, estimate_pattern
-from simuq_core.physics import otf_cutoff_cycles_per_px
-from simuq_core.simulation import sample_rng, simulate_sample
+from simuq_core.evaluation.synthetic import affine_fit_psnr, pool_gt
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern
+from simuq_core.simulation.samples import sample_rng, simulate_sample
 
 
 @pytest.fixture(scope="module")

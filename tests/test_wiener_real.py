@@ -4,12 +4,12 @@ from pathlib import Path
 
 import numpy as np
 
-from simuq_core.acquisition import read_acquisition
 from simuq_core.baselines import WienerOptions, equal_step_phases, ideal_otf, wiener_sim
-from simuq_core.evaluation import widefield
-from simuq_core.pattern import estimate_pattern_blind
-from simuq_core.physics import otf_cutoff_cycles_per_px
-from simuq_core.quality import decorrelation_resolution
+from simuq_core.evaluation.quality import decorrelation_resolution
+from simuq_core.evaluation.synthetic import widefield
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.pattern.estimate import estimate_pattern_blind
+from simuq_core.realdata.reader import read_acquisition
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rdl_sim_microtubules" / "MT.mrc"
 NA, EMISSION = 1.47, 525.0  # effective NA of the measured OTF (the stack's README)

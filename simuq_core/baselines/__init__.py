@@ -1,4 +1,8 @@
-"""Classical (non-learned) SIM reconstructions that simuq's networks are compared with."""
+"""Classical (non-learned) SIM reconstructions that simuq's networks are compared with.
+
+- :mod:`.wiener`: generalised Wiener SIM in NumPy, with its exact noise variance;
+- :mod:`.wiener_jax`: the same reconstruction in JAX, the network's optional input.
+"""
 
 from simuq_core.baselines.wiener import (
     APODIZATIONS,

@@ -1,10 +1,10 @@
 """Classical generalised Wiener SIM reconstruction with its exact noise variance (DESIGN.md §9).
 
 The reference any SIM reconstruction is judged against (Gustafsson 2000; fairSIM; HiFi-SIM), built
-on simuq's own pattern estimate (:func:`simuq_core.pattern.estimate_pattern`). NumPy, float64:
+on simuq's own pattern estimate (:func:`simuq_core.pattern.estimate.estimate_pattern`). NumPy, float64:
 pure functions, no compilation; a leading batch axis is vectorised.
 
-Conventions (as :mod:`simuq_core.pattern`): frames ``(..., F, H, W)`` angle-major, ``F = A·P``;
+Conventions (as :mod:`simuq_core.pattern.estimate`): frames ``(..., F, H, W)`` angle-major, ``F = A·P``;
 frame ``(a, p)`` is lit by ``1 + m_a·cos(2π k_a·(x − x_c) + φ_{a,p})`` with ``x`` in LR pixels
 (pixel ``i`` has centre ``i + 0.5``), ``x_c = (H/2, W/2)`` the image centre, ``k_a`` ``(ky, kx)`` in
 cycles per LR pixel. Frequencies below are in cycles per LR pixel. The output ``(..., r·H, r·W)``
@@ -66,8 +66,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import fft as sfft
 
-from simuq_core.pattern import estimate_pattern
-from simuq_core.physics import otf_cutoff_cycles_per_px
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.pattern.estimate import estimate_pattern
 
 __all__ = [
     "APODIZATIONS",
@@ -125,7 +125,7 @@ def otf_values(otf: OtfSpec, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
     """``H(f_y, f_x)`` at frequencies in cycles per LR pixel (broadcast shapes)."""
     rho = np.sqrt(fy**2 + fx**2)
     if otf.radial is None:
-        # simuq_core.pattern.airy_otf's formula in NumPy float64: the JAX version compiles anew
+        # simuq_core.pattern.estimate.airy_otf's formula in NumPy float64: the JAX version compiles anew
         # for every array shape (~0.1 s each, ten shapes per reconstruction).
         ratio = np.clip(rho / otf.cutoff, 0.0, 1.0)
         values = (2.0 / np.pi) * (np.arccos(ratio) - ratio * np.sqrt(1.0 - ratio**2))
@@ -539,7 +539,7 @@ def reconstruct_stack(
     otf: OtfSpec | None = None,
     modulation_bounds: tuple[float, float] = (0.05, 1.0),
 ) -> SimReconstruction:
-    """Pattern estimate (:func:`simuq_core.pattern.estimate_pattern`) + modulation + Wiener SIM.
+    """Pattern estimate (:func:`simuq_core.pattern.estimate.estimate_pattern`) + modulation + Wiener SIM.
 
     frames : ``(F, H, W)`` or ``(B, F, H, W)``. ``period_lr``: expected pattern period in LR pixels
     (searched within ``× (1 ∓ period_tolerance)``); ``None`` searches ``estimate_pattern``'s default

@@ -2,7 +2,7 @@
 
 :mod:`simuq_core.baselines.wiener` is the classical *baseline* (NumPy, float64, exact noise
 variance, border handling). This is its lean JAX sibling for the *network*: the same filter, from
-the same pattern estimate the network already receives (:class:`~simuq_core.pattern.PatternEstimate`,
+the same pattern estimate the network already receives (:class:`~simuq_core.pattern.estimate.PatternEstimate`,
 with its reference point, so tiles of one image agree), batched and differentiable, so that the
 network starts from what classical SIM recovers beyond the widefield cut-off instead of having to
 learn band separation and shifting from scratch. Per angle ``a`` with ``P`` equal phase steps::
@@ -13,7 +13,7 @@ learn band separation and shifting from scratch. Per angle ``a`` with ``P`` equa
 
 ``↑`` the Fourier interpolation onto the ``r``× grid (zero-padded spectrum, shifted so LR pixel
 centres land where the ``r``× grid has them), ``a₀ = 1``, ``a± = m/2``, ``H`` the camera OTF (Airy
-× pixel sinc, :func:`simuq_core.pattern._lr_otf`) and ``A`` a cos-bell over the extended support
+× pixel sinc, :func:`simuq_core.pattern.estimate._lr_otf`) and ``A`` a cos-bell over the extended support
 ``2NA/λ + |k|``. Frequencies are in cycles per camera pixel. Unlike the baseline, the bands are
 shifted in real space before filtering (on a finite grid the shift wraps a little at the edges;
 the network sees the same artefact in training and at tiles, so it is learned, not propagated).
@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from simuq_core.pattern import PatternEstimate, _lr_otf, _theta
+from simuq_core.pattern.estimate import PatternEstimate, _lr_otf, _theta
 
 __all__ = ["fourier_upsample", "wiener_sim_jax"]
 

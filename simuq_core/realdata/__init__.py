@@ -1,0 +1,8 @@
+"""A lab's own raw SIM acquisitions: reading, checking, normalising, cropping, measuring.
+
+- :mod:`.reader`: ``read_acquisition`` (TIFF / OME-TIFF / MRC / DV → ``(T, F, H, W)`` frames, pixel size);
+- :mod:`.checks`: ``InputError`` and the input checks (layout, values, frame order);
+- :mod:`.normalise`: ``normalise``, ``Normalisation``, ``frame_gains``, ``resolve_offset``;
+- :mod:`.crops`: ``index_acquisitions`` and ``CropStream`` (training crops streamed from files);
+- :mod:`.measure`: ``measure_acquisition`` (pattern, photon transfer, background) for a matched simulation.
+"""

@@ -1,0 +1,508 @@
+"""Real raw SIM acquisitions as training data: index a glob of files once, stream random crops.
+
+Self-supervised fine-tuning needs only raw frames, so a lab's own acquisitions can train the
+network. This module turns a set of files into batches without ever holding the dataset in RAM:
+
+1. **Index** (:func:`index_acquisitions`), once per file: :func:`~simuq_core.realdata.reader.read_acquisition`
+   validates it (bad files are reported with the reason and skipped, or stop the run with
+   ``strict``), the *whole-acquisition* normalisation ``x = (raw − offset)/scale`` is fixed
+   (``scale`` = the ``norm_percentile`` percentile of ``raw − offset`` over every frame and time
+   point, as :func:`simuq_core.inference.files.normalise` does for one stack) and the illumination is
+   estimated blind on the full field of view (:func:`~simuq_core.pattern.estimate.estimate_pattern_blind`:
+   one wave vector per angle shared by all time points, one phase per time point). The result
+   and where the raw array lies in the file (byte offset, dtype, shape) are cached as one small
+   JSON per file in the given cache folder, keyed by the file's path, size, modification time and
+   the settings, so a second run reads no pixel at indexing. Mixed pixel sizes are refused with
+   the files named: one network has one camera grid.
+2. **Stream** (:class:`CropStream`): every epoch draws ``crops_per_epoch`` random crops
+   ``(acquisition, time point, y0, x0)`` from the training regions, deterministically for
+   ``(seed, epoch)``; process ``p`` of ``P`` (:func:`jax.process_index`) takes crops
+   ``p, p + P, …`` (disjoint shares whose union is the single-process epoch). A crop is read
+   through a fresh ``numpy.memmap`` of the file (only its ``F × c × c`` pixels are touched; the
+   map is dropped after the read, so nothing accumulates with the number of files), normalised
+   with its acquisition's numbers, and carries the acquisition's pattern with the reference point
+   moved to the crop (:data:`~simuq_core.network.forward.PATTERN_KEYS` arrays, as
+   :func:`~simuq_core.pattern.estimate.shift_pattern_origin`). Batching and read-ahead threads are
+   ``grain`` (``MapDataset`` → ``batch`` → ``to_iter_dataset(ReadOptions)``).
+3. **Hold out** (:func:`split_regions`): with several acquisitions, whole acquisitions (a
+   fraction chosen with the seed, or named files); with one, a strip at the right edge of the
+   field (``val_block_fraction`` of the width) that no training crop overlaps.
+
+TIFFs that cannot be memory-mapped (compressed, tiled) are read page by page: still one frame
+at a time, never the whole stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from simuq_core.io import write_json
+from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
+from simuq_core.pattern.estimate import PATTERN_KEYS, estimate_pattern_blind
+from simuq_core.realdata.checks import InputError, angle_major_order
+from simuq_core.realdata.reader import MRC_SUFFIXES, TIFF_SUFFIXES, measured_otf, read_acquisition
+from simuq_core.simulation.samples import normalisation_scale
+
+__all__ = [
+    "CropStream",
+    "DataIndex",
+    "IndexedAcquisition",
+    "Region",
+    "index_acquisitions",
+    "read_crop",
+    "split_regions",
+]
+
+log = logging.getLogger("simuq.raw_data")
+_CACHE_VERSION = 1
+# Pixel sizes within this relative difference are one camera grid (metadata rounding).
+_PIXEL_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class IndexedAcquisition:
+    """One indexed file. ``shape``: ``(T, F, H, W)`` angle-major; ``frame_index``: the file's
+    frame for each angle-major frame; ``raw_offset`` / ``raw_dtype`` / ``raw_shape``: where the
+    pixel array lies in the file (``raw_offset`` ``None``: not memory-mappable, read by page);
+    ``pattern_k`` ``(T, A, 2)`` cycles/px, ``pattern_phase`` / ``pattern_contrast`` ``(T, A)``,
+    phase referred to the field centre ``(H/2, W/2)``; ``pattern`` the estimate's summary
+    (periods, orientations, detection z, messages); ``frame_gain`` ``(T, F)``: the frames' relative
+    intensities (:func:`~simuq_core.inference.files.frame_gains`) that crops are divided by, or ``None``."""
+
+    path: str
+    shape: tuple[int, int, int, int]
+    pixel_nm: float | None
+    wavelength_nm: float | None
+    otf_cutoff: float
+    frame_index: tuple[int, ...]
+    raw_offset: int | None
+    raw_dtype: str
+    raw_shape: tuple[int, ...]
+    norm_offset: float
+    norm_scale: float
+    norm_percentile: float
+    pattern_k: list
+    pattern_phase: list
+    pattern_contrast: list
+    pattern: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+    frame_gain: list | None = None
+
+    def pattern_arrays(self, t: int, origin: tuple[int, int], crop: tuple[int, int]) -> dict[str, np.ndarray]:
+        """The :data:`PATTERN_KEYS` arrays of time point ``t`` for the crop of shape ``crop`` at
+        ``origin`` ``(y0, x0)``: ``k`` ``(A, 2)``, ``phase`` / ``contrast`` ``(A,)`` unchanged,
+        ``origin = (H/2 − (y0 + h/2), W/2 − (x0 + w/2))`` (the field centre seen from the crop's
+        centre, as :func:`~simuq_core.pattern.estimate.shift_pattern_origin`)."""
+        _, _, h, w = self.shape
+        shift = (h / 2.0 - (origin[0] + crop[0] / 2.0), w / 2.0 - (origin[1] + crop[1] / 2.0))
+        values = (np.asarray(self.pattern_k[t], np.float32), np.asarray(self.pattern_phase[t], np.float32),
+                  np.asarray(self.pattern_contrast[t], np.float32), np.asarray(shift, np.float32))
+        return dict(zip(PATTERN_KEYS, values, strict=True))
+
+
+@dataclass(frozen=True)
+class DataIndex:
+    """Every usable acquisition of the inputs, the skipped files ``(path, reason)``, the common
+    pixel size (``None`` if no file records one) and notes for the user."""
+
+    acquisitions: tuple[IndexedAcquisition, ...]
+    skipped: tuple[tuple[str, str], ...]
+    pixel_nm: float | None
+    messages: tuple[str, ...]
+
+    def summary(self) -> dict[str, Any]:
+        return {"n_acquisitions": len(self.acquisitions), "n_skipped": len(self.skipped),
+                "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "pixel_nm": self.pixel_nm, "messages": list(self.messages),
+                "acquisitions": [{"path": a.path, "shape": list(a.shape), "norm_scale": a.norm_scale,
+                                  "norm_offset": a.norm_offset, "pattern": a.pattern}
+                                 for a in self.acquisitions]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Indexing
+# ----------------------------------------------------------------------------------------------
+
+
+def _raw_layout(path: Path) -> tuple[int | None, str, tuple[int, ...]]:
+    """Byte offset, dtype and shape of the pixel array in the file, from the readers' own
+    memory maps (``offset`` ``None`` when the file cannot be mapped)."""
+    if path.suffix.lower() in MRC_SUFFIXES:
+        import mrcfile
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the DeltaVision header defects read_acquisition vetted
+            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+                data = mrc.data
+                return int(data.offset), data.dtype.str, tuple(int(s) for s in data.shape)
+    import tifffile
+
+    try:
+        data = tifffile.memmap(path, mode="r")
+        layout = int(data.offset), data.dtype.str, tuple(int(s) for s in data.shape)
+        del data
+        return layout
+    except ValueError:  # compressed, tiled or non-contiguous: read by page
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return None, np.dtype(page.dtype).str, (len(tif.pages), *page.shape)
+
+
+def _tiff_metadata(path: Path) -> dict[str, Any]:
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return {}
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return dict(tif.imagej_metadata or {})
+
+
+def _cache_key(path: Path, settings: dict[str, Any]) -> str:
+    stat = path.stat()
+    blob = json.dumps({"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                       "version": _CACHE_VERSION, **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _index_one(path: Path, settings: dict[str, Any]) -> IndexedAcquisition:
+    """Read, validate, normalise and estimate one file (module docstring, step 1)."""
+    from simuq_core.realdata.normalise import frame_gains, resolve_offset
+
+    n_angles, n_phases = settings["n_angles"], settings["n_phases"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        acq = read_acquisition(path, n_angles, n_phases, settings["frame_order"])
+    notes = list(acq.warnings) + [str(w.message) for w in caught if str(w.message) not in acq.warnings]
+    offset, offset_source = resolve_offset(settings["norm_offset"], path, _tiff_metadata(path))
+    frames = acq.frames  # (T, F, H, W)
+    level = float(np.percentile(frames.astype(np.float64) - offset, settings["norm_percentile"]))
+    if level <= 0:
+        raise InputError(f"{path}: after subtracting the camera offset {offset:g} ({offset_source}), the "
+                         f"{settings['norm_percentile']:g}th percentile is {level:g} ≤ 0: wrong norm_offset?")
+    scale = normalisation_scale(frames, offset, settings["norm_percentile"])
+    pixel = acq.pixel_nm or settings["default_pixel_nm"]
+    wavelength = (acq.wavelength_nm if settings["use_file_wavelength"] and acq.wavelength_nm
+                  else settings["wavelength_nm"])
+    cutoff = otf_cutoff_cycles_per_px(settings["na"], wavelength, pixel)
+    otf = measured_otf(settings["otf_file"], pixel) if settings.get("otf_file") else None
+    blind = estimate_pattern_blind(frames, n_angles, cutoff, period_hint=settings["period_hint"], otf=otf)
+    notes += [f"{path}: {m}" for m in blind.messages]
+    if blind.weak.any():
+        notes.append(f"{path}: pattern weak for angle(s) {np.flatnonzero(blind.weak).tolist()}: its crops "
+                     "train with an unreliable pattern")
+    n_frames = n_angles * n_phases
+    order = (list(range(n_frames)) if settings["frame_order"] == "angle_major"
+             else angle_major_order(n_angles, n_phases))
+    raw_offset, raw_dtype, raw_shape = _raw_layout(path)
+    est = blind.estimate
+    return IndexedAcquisition(
+        path=str(path), shape=tuple(int(s) for s in frames.shape), pixel_nm=acq.pixel_nm,
+        wavelength_nm=acq.wavelength_nm, otf_cutoff=float(cutoff), frame_index=tuple(order),
+        raw_offset=raw_offset, raw_dtype=raw_dtype, raw_shape=raw_shape, norm_offset=float(offset),
+        norm_scale=float(scale), norm_percentile=float(settings["norm_percentile"]),
+        pattern_k=np.asarray(est.k, np.float64).tolist(),
+        pattern_phase=np.asarray(est.phase, np.float64).tolist(),
+        pattern_contrast=np.asarray(est.contrast, np.float64).tolist(),
+        pattern=blind.as_dict() | {"offset_source": offset_source}, warnings=tuple(notes),
+        frame_gain=(frame_gains(frames, offset).tolist() if settings.get("equalize_frames") else None))
+
+
+def _from_cache(data: dict[str, Any]) -> IndexedAcquisition:
+    data = dict(data)
+    for key in ("shape", "frame_index", "raw_shape", "warnings"):
+        data[key] = tuple(data[key])
+    return IndexedAcquisition(**data)
+
+
+def index_acquisitions(
+    paths: Iterable[str | os.PathLike],
+    cache_dir: str | os.PathLike,
+    *,
+    na: float,
+    wavelength_nm: float,
+    default_pixel_nm: float,
+    n_angles: int = 3,
+    n_phases: int = 3,
+    frame_order: Literal["angle_major", "phase_major"] = "angle_major",
+    use_file_wavelength: bool = True,
+    period_hint: float | None = None,
+    norm_offset: float | None = None,
+    norm_percentile: float = 99.9,
+    equalize_frames: bool = False,
+    strict: bool = False,
+    otf_file: str | os.PathLike | None = None,
+) -> DataIndex:
+    """Index raw acquisitions (module docstring, step 1).
+
+    Parameters
+    ----------
+    paths : the files (e.g. :func:`simuq_core.inference.files.find_inputs` of the user's globs).
+    cache_dir : folder for the per-file JSON cache (created; nothing is written beside the data).
+    na, wavelength_nm : the microscope's NA and emission wavelength (the file's wavelength wins when
+        it records one and ``use_file_wavelength``); with the pixel size they give the OTF cut-off
+        ``2NA/λ·pixel`` (cycles/px) of the blind pattern search.
+    default_pixel_nm : pixel size assumed for files that record none.
+    period_hint : restrict the search to ``|k|`` within 5 % of ``1/period_hint`` (camera px).
+    norm_offset : camera offset; ``None``: the TIFF's metadata
+        (:func:`~simuq_core.inference.files.resolve_offset`), else 0.
+    equalize_frames : divide every frame by its relative intensity over the whole field
+        (:func:`~simuq_core.inference.files.frame_gains`), computed here once per acquisition.
+    strict : raise on the first bad file instead of skipping it.
+    otf_file : measured radial OTF (:func:`measured_otf`) for the blind pattern search; ``None``:
+        the ideal Airy OTF of ``na`` / ``wavelength_nm``.
+
+    Raises
+    ------
+    InputError : no usable file; a bad file with ``strict``; files of different pixel sizes (all
+        named, grouped by size).
+    """
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    settings = {"na": na, "wavelength_nm": wavelength_nm, "default_pixel_nm": default_pixel_nm,
+                "n_angles": n_angles, "n_phases": n_phases, "frame_order": frame_order,
+                "use_file_wavelength": use_file_wavelength, "period_hint": period_hint,
+                "norm_offset": norm_offset, "norm_percentile": norm_percentile}
+    if equalize_frames:  # absent otherwise: the cache keys of earlier indexes stay valid
+        settings["equalize_frames"] = True
+    if otf_file:  # likewise
+        settings["otf_file"] = str(otf_file)
+        measured_otf(otf_file, default_pixel_nm)  # an unreadable OTF stops here, before any file
+    found: list[IndexedAcquisition] = []
+    skipped: list[tuple[str, str]] = []
+    for raw_path in paths:
+        path = Path(raw_path)
+        try:
+            if not path.is_file():
+                raise InputError(f"{path}: no such file")
+            entry_file = cache / f"{_cache_key(path, settings)}.json"
+            if entry_file.is_file():
+                entry = _from_cache(json.loads(entry_file.read_text()))
+            else:
+                entry = _index_one(path, settings)
+                write_json(entry_file, asdict(entry))
+        except (InputError, ValueError, OSError) as exc:
+            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            if strict:
+                raise InputError(f"{reason} (strict: stopping; without it the file is skipped)") from exc
+            log.warning("skipped %s", reason)
+            skipped.append((str(path), reason))
+            continue
+        for note in entry.warnings:
+            log.warning("%s", note)
+        found.append(entry)
+    if not found:
+        raise InputError("no usable acquisition among the inputs" + "".join(
+            f"\n  {reason}" for _, reason in skipped))
+    pixel = _common_pixel(found)
+    messages = [f"{a.path}: no pixel size recorded: assumed {default_pixel_nm:g} nm"
+                for a in found if a.pixel_nm is None]
+    if pixel is not None and abs(pixel / default_pixel_nm - 1.0) > 0.1:
+        messages.append(f"the acquisitions' pixel size {pixel:.2f} nm differs from the model's "
+                        f"{default_pixel_nm:.2f} nm by more than 10 %: PSF and pattern scales differ")
+    for m in messages:
+        log.warning("%s", m)
+    return DataIndex(tuple(found), tuple(skipped), pixel, tuple(messages))
+
+
+def _common_pixel(found: Sequence[IndexedAcquisition]) -> float | None:
+    groups: dict[float, list[str]] = {}
+    for a in found:
+        if a.pixel_nm is None:
+            continue
+        key = next((g for g in groups if abs(a.pixel_nm / g - 1.0) <= _PIXEL_TOLERANCE), a.pixel_nm)
+        groups.setdefault(key, []).append(a.path)
+    if len(groups) > 1:
+        listing = "; ".join(f"{size:.3f} nm: {', '.join(files)}" for size, files in groups.items())
+        raise InputError(f"mixed pixel sizes in one training set ({listing}); one network has one camera "
+                         "grid: fine-tune on files of one pixel size")
+    return next(iter(groups), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Regions and crops
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle ``[y0, y1) × [x0, x1)`` of time point ``t`` of acquisition ``acq``."""
+
+    acq: int
+    t: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+
+def split_regions(index: DataIndex, crop: int, *, val_fraction: float = 0.2,
+                  val_files: Sequence[str] = (), val_block_fraction: float = 0.25, multiple: int = 1,
+                  seed: int = 0) -> tuple[list[Region], list[Region]]:
+    """Training and held-out regions (module docstring, step 3), one per time point.
+
+    ``val_files``: held-out files (matched by path or file name; overrides ``val_fraction``); else
+    ``round(val_fraction·N)`` acquisitions (at least 1 when ``N ≥ 2`` and ``val_fraction > 0``),
+    drawn with ``seed``. With a single acquisition: the right strip of width
+    ``val_block_fraction·W`` (rounded up to ``multiple`` px) is held out and the training crops
+    stay left of it. Raises ``ValueError`` when no training crop of side ``crop`` fits.
+    """
+    acqs = index.acquisitions
+    n = len(acqs)
+    if val_files:
+        wanted = {str(v) for v in val_files}
+        held = {i for i, a in enumerate(acqs) if a.path in wanted or Path(a.path).name in wanted}
+        missing = wanted - {acqs[i].path for i in held} - {Path(acqs[i].path).name for i in held}
+        if missing:
+            raise ValueError(f"val_files not among the indexed acquisitions: {sorted(missing)}")
+    elif n >= 2 and val_fraction > 0:
+        k = min(n - 1, max(1, round(val_fraction * n)))
+        held = {int(i) for i in np.random.default_rng([seed, n]).permutation(n)[:k]}
+    else:
+        held = set()
+    train, val = [], []
+    for i, a in enumerate(acqs):
+        t_count, _, h, w = a.shape
+        if n == 1 and val_block_fraction > 0:
+            strip = int(np.ceil(val_block_fraction * w / multiple) * multiple)
+            strip = min(strip, w - crop)
+            if strip < multiple:
+                raise ValueError(f"{a.path}: {w} px is too narrow for {crop}-px training crops and a "
+                                 "held-out strip: lower val_block_fraction or the crop size")
+            for t in range(t_count):
+                train.append(Region(i, t, 0, h, 0, w - strip))
+                val.append(Region(i, t, 0, h, w - strip, w))
+            continue
+        for t in range(t_count):
+            (val if i in held else train).append(Region(i, t, 0, h, 0, w))
+    for r in train:
+        if min(r.shape) < crop:
+            raise ValueError(f"{acqs[r.acq].path}: training region {r.shape} is smaller than the crop {crop}")
+    return train, val
+
+
+def read_crop(entry: IndexedAcquisition, t: int, y0: int, x0: int, size: tuple[int, int]) -> np.ndarray:
+    """Normalised frames ``(F, h, w)`` float32 of one crop (each frame also divided by its
+    ``frame_gain`` when the index has them), read through a memory map of the file (only the
+    crop's pixels are touched) or, for unmappable TIFFs, page by page."""
+    h, w = size
+    n_frames = entry.shape[1]
+    pages = [t * n_frames + f for f in entry.frame_index]
+    if entry.raw_offset is not None:
+        data = np.memmap(entry.path, dtype=np.dtype(entry.raw_dtype), mode="r", offset=entry.raw_offset,
+                         shape=entry.raw_shape)
+        stack = data.reshape(-1, *entry.raw_shape[-2:])
+        raw = np.array(stack[pages, y0:y0 + h, x0:x0 + w], dtype=np.float32)
+        del stack, data  # unmapped here: nothing stays mapped between crops
+    else:
+        import tifffile
+
+        with tifffile.TiffFile(entry.path) as tif:
+            raw = np.stack([tif.pages[p].asarray()[y0:y0 + h, x0:x0 + w] for p in pages]).astype(np.float32)
+    x = (raw - np.float32(entry.norm_offset)) / np.float32(entry.norm_scale)
+    if entry.frame_gain is not None:
+        x /= np.asarray(entry.frame_gain[t], np.float32)[:, None, None]
+    return x
+
+
+def _draw_plan(regions: Sequence[Region], crop: int, n: int, seed: int, epoch: int) -> np.ndarray:
+    """``(n, 4)`` int64 rows ``(region, y0, x0, 0)``: a region uniformly at random, then a crop
+    position uniformly inside it; a function of ``(seed, epoch)`` only."""
+    rng = np.random.default_rng([seed, epoch, 0x5EED])
+    region = rng.integers(0, len(regions), size=n)
+    spans = np.asarray([(r.shape[0] - crop + 1, r.shape[1] - crop + 1) for r in regions])
+    y = (rng.random(n) * spans[region, 0]).astype(np.int64)
+    x = (rng.random(n) * spans[region, 1]).astype(np.int64)
+    starts = np.asarray([(r.y0, r.x0) for r in regions])
+    return np.stack([region, starts[region, 0] + y, starts[region, 1] + x, np.zeros(n, np.int64)], axis=1)
+
+
+class CropStream:
+    """Random training crops of raw acquisitions, streamed from disk (module docstring, step 2);
+    a :class:`~simuq_core.training.engine.BatchSource`.
+
+    Parameters
+    ----------
+    index : the :class:`DataIndex`.
+    regions : the training :class:`Region` list (:func:`split_regions`).
+    crop : crop side (camera px), the model's training crop.
+    batch_size : crops per step over all processes (this process yields ``batch_size / P``).
+    crops_per_epoch : crops drawn per epoch over all processes (rounded down to whole steps).
+    seed : the plan of an epoch depends on ``(seed, epoch)`` only.
+    process_index, process_count : this process's share (default :func:`jax.process_index` /
+        :func:`jax.process_count`).
+    num_threads, prefetch : grain read-ahead threads and buffered crops (0 threads: read inline).
+
+    Each batch is ``{"x": (b, F, c, c), "pattern_k": (b, A, 2), "pattern_phase": (b, A),
+    "pattern_contrast": (b, A), "pattern_origin": (b, 2)}``.
+    """
+
+    def __init__(self, index: DataIndex, regions: Sequence[Region], crop: int, batch_size: int,
+                 crops_per_epoch: int, seed: int = 0, process_index: int | None = None,
+                 process_count: int | None = None, num_threads: int = 2, prefetch: int = 16):
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index, process_count = jax.process_index(), jax.process_count()
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        if batch_size % process_count:
+            raise ValueError(f"batch_size {batch_size} does not split over {process_count} processes")
+        if not regions:
+            raise ValueError("no training region")
+        self.index, self.regions, self.crop = index, list(regions), int(crop)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.local_batch = self.batch_size // self.process_count
+        self.steps_per_epoch = int(crops_per_epoch) // self.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"crops_per_epoch {crops_per_epoch} < batch_size {batch_size}")
+        self.crops_per_epoch = self.steps_per_epoch * self.batch_size
+        self.num_threads, self.prefetch = int(num_threads), int(prefetch)
+
+    def plan(self, epoch: int) -> np.ndarray:
+        """This process's crops of ``epoch``: ``(n, 4)`` rows ``(acq, t, y0, x0)``."""
+        rows = _draw_plan(self.regions, self.crop, self.crops_per_epoch, self.seed, epoch)
+        acq = np.asarray([self.regions[i].acq for i in rows[:, 0]], np.int64)
+        t = np.asarray([self.regions[i].t for i in rows[:, 0]], np.int64)
+        full = np.stack([acq, t, rows[:, 1], rows[:, 2]], axis=1)
+        return full[self.process_index::self.process_count]
+
+    def read(self, row: Sequence[int]) -> dict[str, np.ndarray]:
+        """One crop ``{"x": (F, c, c), pattern arrays}`` for a plan row ``(acq, t, y0, x0)``."""
+        acq, t, y0, x0 = (int(v) for v in row)
+        entry = self.index.acquisitions[acq]
+        size = (self.crop, self.crop)
+        return {"x": read_crop(entry, t, y0, x0, size)} | entry.pattern_arrays(t, (y0, x0), size)
+
+    def dataset(self, epoch: int):
+        """The epoch as a ``grain.MapDataset`` of batches (random access, lazy reads)."""
+        import grain
+
+        return (grain.MapDataset.source(list(map(tuple, self.plan(epoch).tolist())))
+                .map(self.read).batch(self.local_batch, drop_remainder=True))
+
+    def epoch_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        ds = self.dataset(epoch)
+        if self.num_threads == 0:
+            yield from (ds[i] for i in range(len(ds)))
+            return
+        import grain
+
+        # grain prefetches whole batches: the buffer is in batches, at least one.
+        options = grain.ReadOptions(num_threads=self.num_threads,
+                                    prefetch_buffer_size=max(1, self.prefetch // self.local_batch))
+        yield from ds.to_iter_dataset(options)

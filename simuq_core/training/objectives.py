@@ -1,0 +1,108 @@
+"""Training objectives: what differs between the self-supervised and the supervised stage.
+
+Both have the engine's signature ``(model, batch, mean_only) -> (loss, terms)``; ``mean_only`` is
+a traced 0/1 scalar selecting the mean-first phase (DESIGN.md §4.5): there the loss is the squared
+error of the means only, so the variance heads receive no gradient.
+
+Batches: ``x`` ``(B, F, H, W)`` normalised frames, optionally the precomputed pattern estimates
+(:func:`~simuq_core.network.forward.estimate_patterns`); supervised batches add ``emitter_gt``
+``(B, Hh, Wh)`` and ``lp_gt`` ``(B, F, Hh, Wh)`` on the model grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from simuq_core.config import TrainParams, UQParams
+from simuq_core.network.forward import batch_pattern, predict
+from simuq_core.training.losses import aux_rec_loss, gaussian_nll
+from simuq_core.uncertainty.frame_covariance import covariance_of_prediction, frame_gaussian_nll
+
+__all__ = ["selfsup_objective", "sup_objective"]
+
+
+def _regularisers(pred: Mapping[str, jax.Array], psf_prior: jax.Array, cfg: TrainParams):
+    """Relative squared distance of the PSF from its prior, and LP gradient energy."""
+    terms = {}
+    if cfg.psf_prior_weight > 0:
+        diff = ((pred["psf"] - psf_prior[None]) ** 2).sum(axis=(-2, -1)) / (psf_prior**2).sum()
+        terms["psf_reg"] = diff.mean()
+    if cfg.lp_smooth_weight > 0:
+        lp = pred["light_pattern"]
+        terms["lp_reg"] = (jnp.diff(lp, axis=-1) ** 2).mean() + (jnp.diff(lp, axis=-2) ** 2).mean()
+    total = cfg.psf_prior_weight * terms.get("psf_reg", 0.0)
+    total = total + cfg.lp_smooth_weight * terms.get("lp_reg", 0.0)
+    return total, terms
+
+
+def _std_means(pred: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    out = {"rec_std_mean": jnp.sqrt(pred["var_rec"]).mean()}
+    for comp, key in (("emitter", "emitter_var"), ("lp", "lp_var"), ("psf", "psf_var")):
+        if key in pred:
+            out[f"{comp}_std_mean"] = jnp.sqrt(pred[key]).mean()
+    return out
+
+
+def selfsup_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
+    """NLL of the raw frames under the propagated ``Var(rec)`` (+ aux + regularisers); no GT."""
+    prior = jnp.asarray(psf_prior, jnp.float32)
+
+    def objective(model, batch, mean_only, key=None):
+        x = batch["x"]
+        pred = predict(model, x, uq, batch_pattern(batch), dropout_key=key)
+        rec, var = pred["rec"], pred["var_rec"]
+        if uq.frame_covariance == "full":
+            # The 9 residuals of a pixel share every latent error (issue 14): their joint NLL.
+            cov = covariance_of_prediction(pred, model.n_angles, model.rescale, uq)
+            nll = frame_gaussian_nll(x - rec, cov, beta=uq.nll_beta)
+        else:
+            nll = gaussian_nll(x, rec, var, beta=uq.nll_beta, detach_mean=uq.detach_mean_in_var)
+        mse = ((x - rec) ** 2).mean()
+        data = mean_only * mse + (1.0 - mean_only) * nll
+        terms = {"rec_nll": gaussian_nll(x, rec, var), "rec_mse": mse,
+                 "rec_mae": jnp.abs(x - rec).mean(),
+                 "psnr": 10.0 * jnp.log10(jnp.maximum(x.max() - x.min(), 1e-6) ** 2 / mse)}
+        loss = data
+        if uq.aux_rec_weight > 0:
+            terms["rec_aux"] = aux_rec_loss(rec, x, uq.aux_rec_mode)
+            loss = loss + uq.aux_rec_weight * terms["rec_aux"]
+        reg, reg_terms = _regularisers(pred, prior, cfg)
+        return loss + reg, {**terms, **reg_terms, **_std_means(pred)}
+
+    return objective
+
+
+def sup_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
+    """NLL of emitter and light pattern against ground truth (squared error for components
+    without a variance head); the raw-frame terms are logged, not trained."""
+    prior = jnp.asarray(psf_prior, jnp.float32)
+
+    def objective(model, batch, mean_only, key=None):
+        x = batch["x"]
+        pred = predict(model, x, uq, batch_pattern(batch), dropout_key=key)
+        terms, loss = {}, jnp.zeros((), jnp.float32)
+        for comp, gt_key, mean_key, var_key in (
+            ("emitter", "emitter_gt", "emitter", "emitter_var"),
+            ("lp", "lp_gt", "light_pattern", "lp_var"),
+        ):
+            gt, mean = batch[gt_key], pred[mean_key]
+            mse = ((gt - mean) ** 2).mean()
+            terms[f"{comp}_mse"] = mse
+            if var_key in pred:
+                nll = gaussian_nll(gt, mean, pred[var_key], beta=uq.nll_beta,
+                                   detach_mean=uq.detach_mean_in_var)
+                terms[f"{comp}_nll"] = gaussian_nll(gt, mean, pred[var_key])
+                loss = loss + mean_only * mse + (1.0 - mean_only) * nll
+            else:
+                loss = loss + mse
+        rec, var = pred["rec"], pred["var_rec"]
+        terms |= {"rec_nll": gaussian_nll(x, rec, var), "rec_mse": ((x - rec) ** 2).mean(),
+                  "rec_mae": jnp.abs(x - rec).mean()}
+        reg, reg_terms = _regularisers(pred, prior, cfg)
+        return loss + reg, {**terms, **reg_terms, **_std_means(pred)}
+
+    return objective
