@@ -19,7 +19,7 @@ training step without the network:
   the dense ``pattern_jacobian`` (the API of the first implementation);
 - ``full_independent_lp``: the generic path with the LP variance as independent per pixel.
 
-Before issue 14's speed-up (first implementation, same script): full 6.3×, independent LP 4.7×
+A first, unoptimised implementation (same script): full 6.3×, independent LP 4.7×
 the diagonal loss (0.357 / 0.268 vs 0.057 s).
 
 Timings: AOT-compiled executables (compile excluded), one warm-up call each, then the median of

@@ -1,6 +1,6 @@
 """Training-step cost of full uncertainty (all targets, exact propagation, per-frame NLL) against
 the same network trained with a plain L1 loss on the mean reconstruction (target ≤ 1.3×), and of
-the cross-frame likelihood (``uq.frame_covariance: full``, issue 14) against that per-frame one
+the cross-frame likelihood (``uq.frame_covariance: full``) against that per-frame one
 (target ≤ 1.3×); samples per second; compiled memory; compile time with a cold and a warm
 persistent compilation cache.
 

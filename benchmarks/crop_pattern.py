@@ -4,7 +4,7 @@ without and with the microscope's period hint (±5 %) and with the measured OTF.
 
     python benchmarks/crop_pattern.py [--out reports/bench/crop_pattern.json]
 
-Issue 11 asks for the same period (within 1 %) and orientation (within 1°) from any 64-px crop.
+The goal is the same period (within 1 %) and orientation (within 1°) from any 64-px crop.
 simuq estimates the pattern once per acquisition on the full field and shifts it to every crop or
 tile (``simuq_core.realdata.crops``, ``simuq_core.inference.files``), so crops of an acquisition get the
 full-field values by construction; this benchmark measures how far a crop *alone* is from them.

@@ -1,4 +1,4 @@
-"""Cross-check simuq's simulator and classical SIM against independent implementations (issue 12).
+"""Cross-check simuq's simulator and classical SIM against independent implementations.
 
     python benchmarks/crosscheck_classical.py [--n-samples 8] [--hint-error 0.02]
 
@@ -10,7 +10,7 @@ section, ``lr_h = lr_w = 128``), runs the external classical SIM tools on each (
 truth and their reconstructions with the GT emitter and with each other. Writes
 ``reports/bench/crosscheck_classical.json`` and ``reports/bench/crosscheck_classical.md``.
 
-Every tool's output is converted to simuq's conventions (DESIGN.md §1, :mod:`simuq_core.pattern.estimate`):
+Every tool's output is converted to simuq's conventions (docs/design.md §1, :mod:`simuq_core.pattern.estimate`):
 
 - frames angle-major (``frame = 3·angle + phase``), pattern ``1 + m·cos(2π k·x + φ + 2πp/3)``;
 - ``k`` = ``(ky, kx)`` in cycles per LR pixel, ``x`` in LR pixels from the image corner (pixel ``i``

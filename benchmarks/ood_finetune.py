@@ -1,4 +1,4 @@
-"""Does fine-tuning on the user's data bring it back into the model's distribution? (issue 13.5)
+"""Does fine-tuning on the user's data bring it back into the model's distribution?
 
     python benchmarks/ood_finetune.py [--shift objects_dense] [--model models/selfsup]
         [--reference reports/epistemic/selfsup/reference.json] [--epochs 3]

@@ -57,7 +57,7 @@ class _Strict(BaseModel):
 
 
 class PsfParams(_Strict):
-    """Optics of the simulated microscope (BioSR-like defaults, DESIGN.md §7)."""
+    """Optics of the simulated microscope (BioSR-like defaults, docs/design.md §7)."""
 
     kind: Literal["airy", "gaussian"] = "airy"
     na: float = Field(1.3, gt=0.0, le=1.7, description="numerical aperture")
@@ -107,7 +107,7 @@ class ObjectParams(_Strict):
 
 
 class NoiseParams(_Strict):
-    """Camera and photon noise (DESIGN.md §7). Electrons ``e``; ADU = gain·e + offset."""
+    """Camera and photon noise (docs/design.md §7). Electrons ``e``; ADU = gain·e + offset."""
 
     photons: float = Field(200.0, gt=0.0, description="mean expected photons per LR pixel on structure")
     photon_range: float = Field(
@@ -186,7 +186,7 @@ UQTarget = Literal["emitter", "lp", "psf"]
 
 
 class UQParams(_Strict):
-    """Aleatoric-uncertainty settings shared by both training stages (DESIGN.md §2, §4, §5)."""
+    """Aleatoric-uncertainty settings shared by both training stages (docs/design.md §2, §4, §5)."""
 
     targets: list[UQTarget] = Field(
         default_factory=lambda: ["emitter", "lp", "psf"],
@@ -250,7 +250,7 @@ class OpticsPrior(_Strict):
 
 
 class LightPatternParams(_Strict):
-    """How the network gets the illumination (DESIGN.md §1, §9; :mod:`simuq_core.pattern.estimate`)."""
+    """How the network gets the illumination (docs/design.md §1, §9; :mod:`simuq_core.pattern.estimate`)."""
 
     mode: Literal["parametric", "free"] = Field(
         "parametric",
@@ -283,7 +283,7 @@ class ModelParams(_Strict):
     upsample: Literal["icnr", "pixel_shuffle", "resize_conv"] = Field(
         "resize_conv",
         description="camera grid -> model grid: sub-pixel convolution with ICNR init (no "
-        "checkerboard at start), plain sub-pixel convolution (the former default, ablation), or "
+        "checkerboard at start), plain sub-pixel convolution (for ablation), or "
         "bilinear resize + convolution",
     )
     unet_upsample: Literal["transpose", "resize_conv"] = Field(

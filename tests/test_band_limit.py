@@ -1,4 +1,4 @@
-"""The SIM-band-limited ground truth of the calibration reports (issue 14)."""
+"""The SIM-band-limited ground truth of the calibration reports."""
 
 import numpy as np
 

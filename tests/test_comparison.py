@@ -1,4 +1,4 @@
-"""The classical baseline stage's report and the side-by-side comparison (issue 12)."""
+"""The classical baseline stage's report and the side-by-side comparison."""
 
 import numpy as np
 import pytest

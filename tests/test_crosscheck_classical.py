@@ -1,4 +1,4 @@
-"""Cross-check against independent classical SIM tools (issue 12): pyfairsim 0.0.3 and
+"""Cross-check against independent classical SIM tools: pyfairsim 0.0.3 and
 napari-sim-processor 0.1.1 on one simulated 128×128 stack (adapters in
 ``benchmarks/crosscheck_classical.py``; the full comparison is that script's report).
 

@@ -1,4 +1,4 @@
-"""Cross-frame residual covariance and the F-dimensional Gaussian NLL (issue 14).
+"""Cross-frame residual covariance and the F-dimensional Gaussian NLL.
 
 Monte-Carlo tolerances: with N draws of a zero-mean residual, the estimate
 ``Ĉ_kj = mean(r_k r_j)`` has standard error ``se_kj = sqrt(Var(r_k r_j)/N)``, which for Gaussian

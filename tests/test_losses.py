@@ -1,4 +1,4 @@
-"""Likelihoods and reconstruction losses (DESIGN.md §1, §4.5)."""
+"""Likelihoods and reconstruction losses (docs/design.md §1, §4.5)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tests for simuq_core.evaluation.metrics (DESIGN.md §6).
+"""Tests for simuq_core.evaluation.metrics (docs/design.md §6).
 
 Tolerances are derived from the sample size: for N pixels, a proportion p has binomial SE
 ``√(p(1−p)/N)`` and a mean of ``χ²₁`` variables has relative SE ``√(2/N)``; checks use 5 SE unless a

@@ -1,4 +1,4 @@
-"""Out-of-distribution test splits (issue 13): each shift changes what it claims, the splits load,
+"""Out-of-distribution test splits: each shift changes what it claims, the splits load,
 bad overrides are named, the default simulation is unchanged, the output folder is atomic."""
 
 import json

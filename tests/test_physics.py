@@ -1,4 +1,4 @@
-"""PSFs, illumination patterns and the forward model (DESIGN.md §1, §7)."""
+"""PSFs, illumination patterns and the forward model (docs/design.md §1, §7)."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""Quality metrics of reconstructions against known answers (simuq_core.evaluation.quality, issue 12)."""
+"""Quality metrics of reconstructions against known answers (simuq_core.evaluation.quality)."""
 
 import json
 import math

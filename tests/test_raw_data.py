@@ -276,7 +276,7 @@ def test_two_processes_read_disjoint_shares(files, tmp_path, indexed):
 
 def test_equalize_frames_divides_crops_by_the_whole_field_gains(files, tmp_path):
     """Per-angle illumination differences (0.8 / 1.2 / 1.0) are measured on the whole field and
-    divided out of every crop; without the option crops are unchanged (issue 11, MT.mrc)."""
+    divided out of every crop; without the option crops are unchanged (MT.mrc)."""
     from simuq_core.realdata.normalise import frame_gains
 
     stack = tifffile.imread(files[1]).astype(np.float64) - 100.0

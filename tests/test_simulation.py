@@ -1,4 +1,4 @@
-"""Synthetic data: noise ground truth, determinism, layout, atomic writes (DESIGN.md §4.6, §7)."""
+"""Synthetic data: noise ground truth, determinism, layout, atomic writes (docs/design.md §4.6, §7)."""
 
 import numpy as np
 import pytest

@@ -73,7 +73,7 @@ def test_upsampling_to_the_model_grid(upsample):
 def test_unet_decoder_upsampling_grid(up):
     """A constant input far from the borders: the transposed-convolution decoder returns a pattern
     periodic at its strides (its 2×2 kernels differ per output pixel), resize-convolution a
-    constant (one kernel at every pixel), the grid artefact of issue 11 removed by construction.
+    constant (one kernel at every pixel), the grid artefact of removed by construction.
     (The real pipeline trains and predicts with resize_conv: tests/test_real_pipeline.py.)"""
     from simuq_core.network.simnet import UNet
 

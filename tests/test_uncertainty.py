@@ -1,4 +1,4 @@
-"""Variance propagation through the SIM forward model vs Monte Carlo (DESIGN.md §4, §5).
+"""Variance propagation through the SIM forward model vs Monte Carlo (docs/design.md §4, §5).
 
 Monte-Carlo tolerances: with N independent draws, the sample variance of a near-Gaussian quantity
 has relative standard error SE = sqrt(2/(N − 1)) = 1.0% at N = 20 000. Per pixel we allow
@@ -184,7 +184,7 @@ def test_psf_then_pooling_exact_rule_matches_mc(r):
 @pytest.mark.parametrize("r,lower,upper", [(2, 3.0, 4.5), (3, 7.0, 10.0)])
 def test_independent_rule_underestimates_after_airy_psf(r, lower, upper):
     # Measured median MC / independent-rule factor (N = 20 000, these seeds): 3.85 (pixel range
-    # 3.77–3.94) at r = 2 and 8.60 (8.41–8.78) at r = 3; DESIGN.md §4.2 quotes 3.8× and 8.6×.
+    # 3.77–3.94) at r = 2 and 8.60 (8.41–8.78) at r = 3; docs/design.md §4.2 quotes 3.8× and 8.6×.
     # The requirement is > 2× at r = 3; the band also pins the factor so a change in either rule
     # shows.
     _, independent, mc = _airy_case(r)
@@ -197,7 +197,7 @@ def test_independent_rule_underestimates_after_airy_psf(r, lower, upper):
 @pytest.mark.parametrize("with_latent", [False, True])
 def test_shared_random_psf_matches_mc(with_latent):
     # One PSF draw per MC sample, shared by every pixel: coherent errors that pooling does not
-    # average away (DESIGN.md §4.3). Per-tap std = 20% of the tap (+ a small constant).
+    # average away (docs/design.md §4.3). Per-tap std = 20% of the tap (+ a small constant).
     r = 2
     psf = _airy(r)
     var_psf = (0.2 * psf) ** 2 + 1e-8

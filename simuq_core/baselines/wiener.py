@@ -1,4 +1,4 @@
-"""Classical generalised Wiener SIM reconstruction with its exact noise variance (DESIGN.md §9).
+"""Classical generalised Wiener SIM reconstruction with its exact noise variance (docs/design.md §9).
 
 The reference any SIM reconstruction is judged against (Gustafsson 2000; fairSIM; HiFi-SIM), built
 on simuq's own pattern estimate (:func:`simuq_core.pattern.estimate.estimate_pattern`). NumPy, float64:

@@ -1,4 +1,4 @@
-"""Calibration metrics for predicted (aleatoric) variance maps (DESIGN.md §6).
+"""Calibration metrics for predicted (aleatoric) variance maps (docs/design.md §6).
 
 Conventions
 -----------
@@ -358,7 +358,7 @@ def variance_error_correlation(
     """Pearson and Spearman correlation of ``v`` and ``e²``, with the perfect-model reference.
 
     For ``e ~ N(0, v)`` exactly, ``corr(v, e²) = CV / √(2 + 3 CV²)`` with ``CV = std(v)/mean(v)``
-    (DESIGN.md §6): even a perfect model scores at most ``1/√3 ≈ 0.577``, so compare ``pearson``
+    (docs/design.md §6): even a perfect model scores at most ``1/√3 ≈ 0.577``, so compare ``pearson``
     with ``reference``, not with 1. Correlations are NaN when ``v`` or ``e²`` is constant.
     Parameters and shapes as in :func:`calib_ratio`.
     """
@@ -494,7 +494,7 @@ def calibration_curve(
         intervals of ``[min v, max v]``; a bin with fewer than ``min_count`` pixels is merged with
         its upper neighbours (the last one with its lower neighbour). No pixel is dropped.
     min_count : int
-        Minimum pixels per bin (DESIGN.md §6: ≥ 30).
+        Minimum pixels per bin (docs/design.md §6: ≥ 30).
     n_bootstrap : int
         Bootstrap resamples per bin for the CI on ``mean_sq_err``.
     confidence : float
@@ -600,7 +600,7 @@ def pit_histogram(
 def fit_sigma_scale(err: ArrayLike, var: ArrayLike, *, mask: ArrayLike | None = None) -> float:
     """Fit σ-scaling on a calibration split: ``s² = mean(z²)``, the NLL-optimal factor for ``v``.
 
-    Apply it to a *different* (test) split with :func:`apply_sigma_scale` (DESIGN.md §6).
+    Apply it to a *different* (test) split with :func:`apply_sigma_scale` (docs/design.md §6).
     """
     return z_moments(err, var, mask=mask).zms
 

@@ -1,5 +1,5 @@
 """Side-by-side image quality of SIM reconstructions: widefield, classical SIM and networks scored
-by the same code (issue 12).
+by the same code.
 
 Every function takes NumPy images ``(H, W)`` or batches ``(N, H, W)`` on one grid and returns
 per-image values with the batch shape (``()`` for one image, ``(N,)`` for a batch). Frequencies are
@@ -260,7 +260,7 @@ def sim_support(shape: tuple[int, int], k: np.ndarray, cutoff: float) -> np.ndar
 
 @dataclass(frozen=True)
 class SimBand:
-    """The SIM passband of each of ``N`` images (issue 14): what any method that sees the object
+    """The SIM passband of each of ``N`` images: what any method that sees the object
     only through the raw frames can recover.
 
     ``k``: ``(N, F, 2)`` wave vectors, ``cutoff``: ``(N,)`` OTF cut-offs, both in cycles per pixel

@@ -193,7 +193,7 @@ def apply_gt_norm(emitter: np.ndarray, lp: np.ndarray, mode: str) -> tuple[np.nd
 
     ``none``: unchanged (our GT is already scaled: emitter max 1, LP mean 1); ``minmax``: emitter to
     [0, 1]; ``minmax_full``: emitter and LP each to [0, 1] (the original; the LP then has mean
-    ≈ 0.5 and can never match the network's mean-1 LP: kept only as an ablation, DESIGN.md §4.6);
+    ≈ 0.5 and can never match the network's mean-1 LP: kept only as an ablation, docs/design.md §4.6);
     ``minmax_per_channel``: emitter to [0, 1] and every LP frame separately to [0, 1].
     """
     def mm(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:

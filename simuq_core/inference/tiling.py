@@ -20,7 +20,7 @@ the ``m`` pixels next to a shared edge and ramps over the ``o − 2m`` pixels af
 partition of unity): a tile's edge then never enters the blend. Near its edges a tile's emitter is
 genuinely undetermined (the PSF there reaches outside the tile), so its variance can be orders of
 magnitude above the interior's; a weight of 10⁻³ is not small enough to keep that out of the
-weighted mean of variances (seen on real data, issue 11). Sides on the image border keep their
+weighted mean of variances (seen on real data). Sides on the image border keep their
 edge pixels: there the uncertainty is the image's own.
 
 **Blending.** A map at ``scale`` pixels per camera pixel (1: camera grid; ``rescale``: model grid)

@@ -1,5 +1,5 @@
 """From raw frames to every mean and variance map: build a :class:`SIMNet` from params, run it,
-bound its log-variances and propagate them through the forward model (DESIGN.md §1, §4, §5).
+bound its log-variances and propagate them through the forward model (docs/design.md §1, §4, §5).
 
 Variance conventions of :func:`predict` (all variances, never log-variances):
 

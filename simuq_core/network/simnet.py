@@ -17,12 +17,12 @@ forward model on the model grid (``rescale``× finer, ``Hh = rescale·H``):
 - ``background`` ``(B, H, W)`` (optional): smooth (bottleneck resolution, bilinearly upsampled);
 
 and, for the components in ``uq_targets``, *unbounded* log-variance maps predicted from decoder
-**features** by small convolutional heads (DESIGN.md §4.1): ``emitter_logvar`` ``(B, Hh, Wh)``,
+**features** by small convolutional heads (docs/design.md §4.1): ``emitter_logvar`` ``(B, Hh, Wh)``,
 ``lp_logvar`` ``(B, F, Hh, Wh)`` (parametric mode: the log of the first-order pattern variance
 from per-angle phase / modulation / wave-vector log-variances, ``pattern_logvar`` ``(B, A, 3)``,
 predicted from the pooled features and the estimator's match strength), ``psf_logvar``
 ``(B, K, K)`` (the *relative* variance of each tap: ``Var p = p² · exp(logvar)``, so a PSF
-variance can never dwarf the taps themselves, the failure of DESIGN.md §4.3), and
+variance can never dwarf the taps themselves, the failure of docs/design.md §4.3), and
 ``obs_logvar`` ``(B, H, W)`` (a per-pixel observation-noise map on
 the camera grid, when ``obs_noise = poisson_gaussian_map``). Disabled targets have no head and no
 output. The bias of every head starts at ``logvar_bias`` (chosen by the caller so that the bounded
@@ -85,7 +85,7 @@ class UNet(nnx.Module):
     ``H`` and ``W`` must be divisible by ``2**depth``. ``up`` is the decoder's 2× up-sampling:
     ``"transpose"`` a 2×2 stride-2 transposed convolution (each output pixel of a 2×2 block has its
     own kernel, so a learned block-periodic grid at the strides — 2 and 4 camera pixels — survives
-    into the output: seen on real data, issue 11), ``"resize_conv"`` bilinear 2× resize then a 3×3
+    into the output: seen on real data), ``"resize_conv"`` bilinear 2× resize then a 3×3
     convolution (Odena et al. 2016, "Deconvolution and checkerboard artifacts"): the same kernel at
     every output pixel, no grid by construction.
     """

@@ -8,10 +8,10 @@ Shape conventions (HR = the model grid, ``r`` = ``hr_factor`` times finer than t
 - PSF ``p``: ``(..., K, K)``, ``K`` odd, non-negative, sums to 1;
 - raw / reconstruction: ``(..., F, H, W)`` with ``Hh = r * H``.
 
-The forward model (DESIGN.md §1) is ``rec_k = block_mean_r(conv_same(e * l_k, p))``. Every
+The forward model (docs/design.md §1) is ``rec_k = block_mean_r(conv_same(e * l_k, p))``. Every
 convolution here is a *true* convolution, ``y[n] = sum_m k[m] x[n - m]``, computed with FFTs and
 zero padding (linear, never circular). The variance path in :mod:`simuq_core.uncertainty.propagation` uses the
-very same functions so the two can never disagree on orientation (DESIGN.md §5).
+very same functions so the two can never disagree on orientation (docs/design.md §5).
 
 PSF and pattern *construction* is NumPy (it is parameter set-up, done once per sample); everything a
 network output flows through is JAX and jittable.
@@ -153,7 +153,7 @@ def sample_pattern_params(
     modulation_jitter: float = 0.0,
 ) -> PatternParams:
     """Random SIM pattern set: base angle ``θ0 ~ U[0, π)``, angles ``θ0 + a·π/n_angles``,
-    a random phase offset per angle and equal phase steps ``2π/n_phases`` (DESIGN.md §7).
+    a random phase offset per angle and equal phase steps ``2π/n_phases`` (docs/design.md §7).
 
     ``period_jitter`` / ``modulation_jitter`` are relative half-widths of a uniform jitter drawn once
     per sample (0 = fixed).
@@ -327,7 +327,7 @@ def forward_model(
 def merged_psf_box_kernel(psf: jnp.ndarray, r: int) -> jnp.ndarray:
     """``G = conv_full(p, ones(r, r)) / r²``: PSF and ``r × r`` box mean in one kernel.
 
-    ``(..., K, K) -> (..., K+r-1, K+r-1)`` (DESIGN.md §4.2).
+    ``(..., K, K) -> (..., K+r-1, K+r-1)`` (docs/design.md §4.2).
     """
     box = jnp.ones((r, r), dtype=psf.dtype) / (r * r)
     return fft_convolve(psf, box, "full")

@@ -1,4 +1,4 @@
-"""Classical SIM pattern estimation and the parametric light pattern (DESIGN.md §1, §7, §9).
+"""Classical SIM pattern estimation and the parametric light pattern (docs/design.md §1, §7, §9).
 
 The illumination of frame ``f = n_phases·a + p`` is ``l_f(x) = 1 + m_a·cos(2π k_a·x + φ_a + 2πp/P)``
 (angle-major, equal phase steps), with ``x`` in LR pixels measured from the image corner (LR pixel
@@ -26,7 +26,7 @@ known: a reversed order yields ``(−k, −φ)``, which gives the same pattern.
 
 It is exact as a per-pixel marginal (what the supervised LP metrics test); the errors it describes are
 smooth, i.e. correlated across pixels, which the diagonal propagation to ``Var(rec)`` ignores
-(DESIGN.md §5: reported, small next to the camera noise).
+(docs/design.md §5: reported, small next to the camera noise).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Measure a lab's raw SIM stacks so the simulator can be matched to them (issue 11).
+"""Measure a lab's raw SIM stacks so the simulator can be matched to them.
 
 :func:`measure_acquisition` reads what the ``simulate`` section needs from one raw stack in camera
 ADU; :func:`simulate_override` turns one or more such measurements into a partial ``simulate``

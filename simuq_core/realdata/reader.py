@@ -1,4 +1,4 @@
-"""Reading real SIM acquisitions: TIFF (ImageJ / OME) and MRC / DeltaVision stacks (DESIGN.md §9).
+"""Reading real SIM acquisitions: TIFF (ImageJ / OME) and MRC / DeltaVision stacks (docs/design.md §9).
 
 :func:`read_acquisition` returns every time point as ``(T, F, H, W)`` float32 frames in the
 project's angle-major order (``frame = P·angle + phase``), the pixel size from the file's metadata

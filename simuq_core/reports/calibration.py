@@ -1,4 +1,4 @@
-"""Calibration report of a trained model on a split with known truth (DESIGN.md §6).
+"""Calibration report of a trained model on a split with known truth (docs/design.md §6).
 
 Components, each only when the model predicts its variance and a reference exists:
 
@@ -96,7 +96,7 @@ def calibration_components(pred: Mapping[str, np.ndarray], ref: DebugReference, 
     and, with ``band`` (the samples' SIM passbands), ``emitter_band``: emitter and GT both
     restricted to the passband, with the variance propagated through that filter
     (:class:`simuq_core.evaluation.quality.SimBand`), i.e. the calibration of the error the raw frames can
-    see at all (issue 14).
+    see at all.
 
     ``variance``: which variance of an ensemble prediction (:mod:`simuq_core.uncertainty.epistemic`) to judge:
     ``""`` the aleatoric part (single network), ``"_epi"`` or ``"_total"``.
@@ -267,7 +267,7 @@ def _summary_markdown(reports: Mapping[str, ComponentReport], noise: dict[str, f
             lines.append("| " + " | ".join([label, _REFERENCES[name], *cells]) + " |")
     lines.append("| ideal | | " + " | ".join(c[2] for c in _TABLE_COLUMNS) + " |")
     lines += ["", "ref.: Pearson a perfect Gaussian model reaches with this variance map, "
-              "CV/√(2 + 3CV²) ≤ 0.577 (DESIGN.md §6). NLL in nats/pixel.", ""]
+              "CV/√(2 + 3CV²) ≤ 0.577 (docs/design.md §6). NLL in nats/pixel.", ""]
     if noise is not None:
         lines += ["## Predicted rec std against the true noise σ", "",
                   "| Pearson(std, σ) | Spearman(std, σ) | mean std / mean σ | "

@@ -1,4 +1,4 @@
-"""The classical baseline and the side-by-side comparison every SIM user asks for (issue 12).
+"""The classical baseline and the side-by-side comparison every SIM user asks for.
 
 - :func:`baseline_report`: generalised Wiener SIM (:mod:`simuq_core.baselines.wiener`) on a
   simulated split, with simuq's own pattern estimate and the ``model`` section's optics (what a

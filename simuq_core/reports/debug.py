@@ -1,4 +1,4 @@
-"""Debug artifacts of a few samples: uncertainty maps, their summary, TIFFs and figures (DESIGN.md §3).
+"""Debug artifacts of a few samples: uncertainty maps, their summary, TIFFs and figures (docs/design.md §3).
 
 The same function, :func:`write_uncertainty_artifacts`, writes the training-time folders
 ``<model_dir>/debug_samples/epoch_XXX_step_XXXXXXX/`` (every ``debug_every_epochs``, on validation

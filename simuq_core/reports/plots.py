@@ -1,5 +1,5 @@
 """Figures people look at: uncertainty maps, predictions against ground truth, calibration plots
-and training curves (DESIGN.md §3, §6).
+and training curves (docs/design.md §3, §6).
 
 Conventions shared by every figure:
 

@@ -1,4 +1,4 @@
-"""The synthetic dataset on disk: writing it and loading it back (DESIGN.md §3).
+"""The synthetic dataset on disk: writing it and loading it back (docs/design.md §3).
 
 Layout under ``root`` (one folder per split, names ``000000`` …)::
 

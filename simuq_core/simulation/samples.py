@@ -1,4 +1,4 @@
-"""Synthetic SIM samples with known heteroscedastic noise (DESIGN.md §4.6, §7).
+"""Synthetic SIM samples with known heteroscedastic noise (docs/design.md §4.6, §7).
 
 One sample is drawn from its own ``numpy.random.Generator`` (seeded by ``(seed, split, index)``),
 so a dataset is reproducible and independent of generation order. Units:

@@ -1,4 +1,4 @@
-"""Likelihoods and reconstruction losses (DESIGN.md §1, §4.5), pure JAX.
+"""Likelihoods and reconstruction losses (docs/design.md §1, §4.5), pure JAX.
 
 Images are ``(B, C, H, W)`` (``C`` = frames for a reconstruction); likelihood inputs may have any
 shape as long as ``x``, ``mean`` and ``var`` agree. Every loss is reduced to a scalar by a
@@ -74,7 +74,7 @@ def gaussian_nll(
     mask: jnp.ndarray | None = None,
     include_const: bool = False,
 ) -> jnp.ndarray:
-    """(β-)Gaussian NLL, reduced by a (weighted) mean over all elements (DESIGN.md §1, §4.5).
+    """(β-)Gaussian NLL, reduced by a (weighted) mean over all elements (docs/design.md §1, §4.5).
 
     Per pixel ``ℓ = sg(v)^β · 0.5·((x − μ)²/v + log v)`` (β-NLL, Seitzer et al. 2022; ``sg`` =
     stop-gradient). ``β = 0`` is the plain NLL; ``β > 0`` rescales each pixel's gradients by
@@ -250,7 +250,7 @@ def ms_ssim(
 def aux_rec_loss(
     rec: jnp.ndarray, x: jnp.ndarray, mode: str = "l1+ms-ssim", data_range: float = 1.0
 ) -> jnp.ndarray:
-    """Auxiliary reconstruction loss (DESIGN.md §2, ``uq.aux_rec_mode``), ``(B, C, H, W)`` inputs.
+    """Auxiliary reconstruction loss (docs/design.md §2, ``uq.aux_rec_mode``), ``(B, C, H, W)`` inputs.
 
     ``"l1"``: ``mean|rec − x|``; ``"ms-ssim"``: ``1 − MS-SSIM(rec, x)``; ``"l1+ms-ssim"``: their
     unweighted sum. ``data_range`` is the intensity range of the (normalised) images.

@@ -1,7 +1,7 @@
 """Training objectives: what differs between the self-supervised and the supervised stage.
 
 Both have the engine's signature ``(model, batch, mean_only) -> (loss, terms)``; ``mean_only`` is
-a traced 0/1 scalar selecting the mean-first phase (DESIGN.md §4.5): there the loss is the squared
+a traced 0/1 scalar selecting the mean-first phase (docs/design.md §4.5): there the loss is the squared
 error of the means only, so the variance heads receive no gradient.
 
 Batches: ``x`` ``(B, F, H, W)`` normalised frames, optionally the precomputed pattern estimates
@@ -56,7 +56,7 @@ def selfsup_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
         pred = predict(model, x, uq, batch_pattern(batch), dropout_key=key)
         rec, var = pred["rec"], pred["var_rec"]
         if uq.frame_covariance == "full":
-            # The 9 residuals of a pixel share every latent error (issue 14): their joint NLL.
+            # The 9 residuals of a pixel share every latent error: their joint NLL.
             cov = covariance_of_prediction(pred, model.n_angles, model.rescale, uq)
             nll = frame_gaussian_nll(x - rec, cov, beta=uq.nll_beta)
         else:

@@ -1,4 +1,4 @@
-"""Cross-frame covariance of the SIM residual and its F-dimensional Gaussian likelihood (issue 14).
+"""Cross-frame covariance of the SIM residual and its F-dimensional Gaussian likelihood.
 
 The per-frame NLL (:func:`simuq_core.training.losses.gaussian_nll`) sees only ``Var(rec_k)`` per pixel, so
 the split of that total between emitter variance and camera noise is not identified. Camera noise
@@ -21,7 +21,7 @@ Error model (zero-mean errors, mutually independent, second moments only):
   ``η`` is optional independent per-pixel, per-frame noise (variance ``v_l``, the model of the free
   light pattern and of :func:`~simuq_core.uncertainty.propagation.propagate_rec_variance`);
 - PSF taps ``p(t)`` independent with variance ``v_p(t)``, *one* kernel shared by every pixel and
-  frame of a sample (DESIGN.md §4.3);
+  frame of a sample (docs/design.md §4.3);
 - camera noise independent across pixels and frames (variance ``σ²``, given).
 
 With ``C_kj(m) = Σ_q L_{q,k}(m)L_{q,j}(m) + δ_kj·v_l,k(m)`` (same-angle pairs only for the first

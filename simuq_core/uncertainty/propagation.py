@@ -1,4 +1,4 @@
-"""Aleatoric variance propagation through the SIM forward model (DESIGN.md §1, §4, §5).
+"""Aleatoric variance propagation through the SIM forward model (docs/design.md §1, §4, §5).
 
 The network predicts, for the components chosen by ``uq.targets``, a per-pixel (per-tap for the
 PSF) variance next to each mean. This module carries those variances through
@@ -16,7 +16,7 @@ Model assumptions: emitter pixels, light-pattern pixels and PSF taps are mutuall
 (of any distribution: only first and second moments enter, and the rules below are exact); the
 PSF is *one* random kernel shared by every pixel and frame of a sample, so its errors are coherent
 across pixels. Correlated latent errors (smooth CNN errors) break every
-diagonal model, this one included (DESIGN.md §5): it is validated against Monte Carlo for the model
+diagonal model, this one included (docs/design.md §5): it is validated against Monte Carlo for the model
 it states, not for the network's real error structure.
 
 Every convolution goes through :func:`simuq_core.optics.imaging.fft_convolve` (directly or via
@@ -159,7 +159,7 @@ def product_variance(
     var_emitter: jnp.ndarray | None = None,
     var_light_pattern: jnp.ndarray | None = None,
 ) -> jnp.ndarray | None:
-    """Variance of the deconvolved image ``S_k = e · l_k`` (DESIGN.md §5, product rule).
+    """Variance of the deconvolved image ``S_k = e · l_k`` (docs/design.md §5, product rule).
 
     ``Var(S) = μe²·Var(l) + μl²·Var(e) + Var(e)·Var(l)``, exact for independent ``e`` and ``l``.
     A component that is not a UQ target passes ``None`` (zero variance, no contribution).
@@ -183,7 +183,7 @@ def pooled_latent_variance(
 ) -> jnp.ndarray:
     """Variance of ``block_mean_r(conv_same(S, p))`` for independent ``S`` pixels, fixed ``p``.
 
-    ``pool_var="exact"`` (DESIGN.md §4.2): with ``G = merged_psf_box_kernel(p, r)``
+    ``pool_var="exact"`` (docs/design.md §4.2): with ``G = merged_psf_box_kernel(p, r)``
     ``= conv_full(p, ones(r, r)) / r²``, ``rec = conv_full(S, G)`` sampled every ``r`` pixels from
     offset ``r − 1 + K//2``, hence ``Var(rec) = pooled_full_convolve(Var S, G², r, K)`` exactly.
 
@@ -206,7 +206,7 @@ def psf_uncertainty_variance(
     r: int,
     pool_var: str = "exact",
 ) -> jnp.ndarray:
-    """Extra ``Var(rec)`` from a random PSF shared by all pixels (DESIGN.md §4.3).
+    """Extra ``Var(rec)`` from a random PSF shared by all pixels (docs/design.md §4.3).
 
     With ``B(x) = conv_full(x, ones(r, r)) / r²`` the pooled forward model is
     ``rec[i] = conv_full(B(S), p)[r·i + r − 1 + K//2]``; for independent PSF taps (shared by every
@@ -298,7 +298,7 @@ def observation_variance(
     params: ObsNoiseParams | None = None,
     var_map: jnp.ndarray | None = None,
 ) -> jnp.ndarray | None:
-    """Camera noise variance on the LR grid (DESIGN.md §4.4).
+    """Camera noise variance on the LR grid (docs/design.md §4.4).
 
     - ``"none"``: ``None`` (no term);
     - ``"poisson_gaussian"``: ``a·max(rec, 0) + b`` with ``a, b = softplus(raw)`` (shot noise
@@ -359,7 +359,7 @@ def propagate_rec_variance(
     background: jnp.ndarray | None = None,
     detach_mean_in_var: bool = False,
 ) -> RecVariance:
-    """Mean and variance of the SIM reconstruction (DESIGN.md §1, §4.2–§4.4, §5).
+    """Mean and variance of the SIM reconstruction (docs/design.md §1, §4.2–§4.4, §5).
 
     ``Var(rec) = V_S + w·V_p + V_obs + floor`` with
 
@@ -491,7 +491,7 @@ def _soft_tail_gap(a: jnp.ndarray, gap: float, softness: float) -> jnp.ndarray:
 def bound_logvar(
     x: jnp.ndarray, lo: float, hi: float, mode: str = "soft", softness: float = 0.5
 ) -> jnp.ndarray:
-    """Bound a raw log-variance to ``[lo, hi]`` (DESIGN.md §2, §4.5).
+    """Bound a raw log-variance to ``[lo, hi]`` (docs/design.md §2, §4.5).
 
     ``"hard"``: ``clip(x, lo, hi)`` (the original; zero gradient outside the bounds).
 

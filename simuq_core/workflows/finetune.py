@@ -358,7 +358,7 @@ def _refit_variance(model, uq, cfg, prior, stream, out_dir, params, evaluate, de
     """Second phase of :func:`run_finetuning`: only the variance heads train, for
     ``var_refit_epochs`` with a fresh AdamW at ``var_refit_lr``; the mean is frozen.
 
-    Why (issue 11): joint mean + variance fine-tuning starts from the pre-trained model's misfit of
+    Why: joint mean + variance fine-tuning starts from the pre-trained model's misfit of
     real data (held-out ZMS ~22) and ends over-dispersed on MT.mrc (ZMS 0.4-0.55, camera noise
     1.6-2.3x the out-of-band estimate) whatever the lr, the steps, mean-first epochs or Adam's
     b2, although the NLL optimum lies at ~0.4x that variance. A fresh optimiser on the variance
