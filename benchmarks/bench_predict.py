@@ -32,7 +32,7 @@ from _common import ROOT, machine, time_call, write_report
 from flax import nnx
 
 from simuq_core.config import parse_params
-from simuq_core.inference.files import TiledPredictor
+from simuq_core.inference.predictor import TiledPredictor
 from simuq_core.network.forward import build_model, model_spec, predict
 from simuq_core.optics.imaging import forward_model
 from simuq_core.realdata.normalise import normalise

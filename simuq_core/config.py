@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import (
@@ -28,6 +29,8 @@ __all__ = [
     "ExportDebugParams",
     "FinetuneParams",
     "MICROSCOPE_KEYS",
+    "apply_profile",
+    "merge_override",
     "MicroscopeParams",
     "ModelParams",
     "NoiseParams",
@@ -218,7 +221,7 @@ class UQParams(_Strict):
         "diagonal",
         description="self-supervised likelihood of the 9 residuals of a camera pixel: diagonal "
         "(per-frame NLL) or full (the cross-frame covariance of every latent error, "
-        "simuq_core/frame_covariance.py; separates emitter from camera noise; ~1.3x the step)",
+        "simuq_core/uncertainty/frame_covariance.py; separates emitter from camera noise; ~1.3x the step)",
     )
     detach_mean_in_var: bool = Field(
         False, description="stop the mean's gradient through the variance term"
@@ -306,7 +309,7 @@ class ModelParams(_Strict):
     background: bool = Field(True, description="predict a smooth additive background")
     dropout: float = Field(
         0.0, ge=0.0, lt=0.9, description="dropout rate of decoder / bottleneck / model-grid features "
-        "in training; > 0 enables MC-dropout epistemic uncertainty (simuq_core/epistemic.py)")
+        "in training; > 0 enables MC-dropout epistemic uncertainty (simuq_core/uncertainty/epistemic.py)")
     dropout_at: list[Literal["feats", "bottleneck", "hr", "mid"]] = Field(
         ["feats", "bottleneck", "hr"], min_length=1,
         description="where dropout masks features: feats (U-Net output, camera grid), bottleneck "
@@ -507,7 +510,7 @@ class PredictParams(_Strict):
     context: Literal["auto", "image", "crops", "tile"] = Field(
         "auto", description="GroupNorm statistics / PSF features of a tiled image: pooled over "
         "the image, the mean of tile-sized crops' own (for models trained or fine-tuned on crops "
-        "of the tile size), or each tile its own (simuq_core/predict.py TiledPredictor); auto = "
+        "of the tile size), or each tile its own (simuq_core/inference/predictor.py TiledPredictor); auto = "
         "crops for a fine-tuned model, image otherwise")
     norm_percentile: float = Field(
         99.9, gt=50.0, le=100.0, description="scale = this percentile of (raw - offset)"
@@ -529,7 +532,7 @@ class PredictParams(_Strict):
                                       "within 5 % of this period (camera px; microscope.pattern_period_px)")
     equalize_frames: bool = Field(
         False, description="divide every frame by its relative mean intensity over the field "
-        "(simuq_core.inference.files.frame_gains); must match the model's finetune.equalize_frames")
+        "(simuq_core.realdata.normalise.frame_gains); must match the model's finetune.equalize_frames")
 
     @model_validator(mode="after")
     def _margin_inside_overlap(self) -> PredictParams:
@@ -805,3 +808,45 @@ def params_hash(params: BaseModel) -> str:
     blob = json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
+
+def merge_override(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge: mappings merge key by key, any other value in ``override`` replaces.
+
+    ``merge_override({"psf": {"na": 1.3, "kind": "airy"}}, {"psf": {"na": 1.1}})``
+    gives ``{"psf": {"na": 1.1, "kind": "airy"}}``. Neither input is modified.
+    """
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_override(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _overlay_problems(base: Mapping[str, Any], overlay: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of ``overlay`` that ``base`` does not have (a profile may change values, not
+    invent keys: a typo would otherwise pass silently wherever the schema has a default)."""
+    problems = []
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            problems.append(f"  {dotted}: not in the base params file (typo?)")
+        elif isinstance(value, Mapping) and isinstance(base[key], Mapping):
+            problems += _overlay_problems(base[key], value, dotted + ".")
+    return problems
+
+
+def apply_profile(base: Any, overlay: Any, source: str = "profile") -> dict[str, Any]:
+    """A profile is an overlay of ``params.yaml``: it holds only what differs. Returns the merged
+    raw params (:func:`merge_override`), validated like ``params.yaml`` itself
+    (:func:`parse_params`); an overlay key the base does not have, or a merged value the schema
+    rejects, is a :class:`ParamsError` naming ``source`` and the dotted key."""
+    if not isinstance(base, Mapping) or not isinstance(overlay, Mapping):
+        raise ParamsError(f"{source}: a profile and its base must both be mappings of sections")
+    problems = _overlay_problems(base, overlay)
+    if problems:
+        raise ParamsError(f"{source}: keys the base params do not have:\n" + "\n".join(problems))
+    merged = merge_override(base, overlay)
+    parse_params(merged, source=f"{source} over params.yaml")
+    return merged

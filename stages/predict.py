@@ -1,7 +1,7 @@
 """Stage / command ``predict``: reconstruct raw 9-frame SIM stacks with uncertainty maps.
 
 Applies a trained model to any number of TIFF or MRC / DeltaVision stacks of any size (output
-layout, normalisation and validation: ``simuq_core/predict.py``). ``--pattern auto`` (default)
+layout, normalisation and validation: ``simuq_core/inference/files.py``). ``--pattern auto`` (default)
 estimates the illumination of MRC / DV files (real acquisitions) blind over the full field, with a
 frame-order diagnosis, and that of TIFFs with the network's own estimate; ``blind`` / ``model``
 force one.
@@ -18,7 +18,6 @@ if recorded, else the ``simulate`` crop of the params file.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from stages._common import base_parser, load_params, setup_logging
 
@@ -79,54 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: --device {args.device}: {exc}", file=sys.stderr)
         return 2
-    from simuq_core.inference.files import OOD_REFERENCE_FILE, predict_files, resolve_tile
-    from simuq_core.network.store import load_model
-    from simuq_core.realdata.reader import find_inputs
+    from simuq_core.inference.run import PredictUsageError, RunOptions, run_predict
 
-    inputs = find_inputs(args.input)
-    if not inputs:
-        print(f"error: no input matches {args.input}", file=sys.stderr)
-        return 2
-    if not (Path(args.model) / "model.json").exists():
-        print(f"error: {args.model}: no model.json (train a model first)", file=sys.stderr)
-        return 2
-    model, spec = load_model(args.model)
-    sim = params.simulate
+    options = RunOptions(context=args.context, pattern=args.pattern, epistemic=args.epistemic,
+                         ood_reference=args.ood_reference, progress=not args.quiet)
     try:
-        tile = resolve_tile(cfg.tile, spec, fallback=min(sim.lr_h, sim.lr_w))
-        wiener = None
-        if cfg.wiener:
-            from simuq_core.reports.comparison import wiener_options
-
-            wiener = wiener_options(params.baseline, cfg.wiener_w or params.baseline.wiener_w[0])
-        n_epi = (args.epistemic if args.epistemic is not None
-                 else params.epistemic.n_samples if float(spec["model"].get("dropout", 0.0)) > 0 else 0)
-        reference = None
-        # A fine-tuned model carries its own reference (simuq_core.workflows.finetune.ood_reference_from_data).
-        own = Path(args.model) / OOD_REFERENCE_FILE
-        ref_arg = args.ood_reference or (str(own) if own.is_file() else None)
-        if ref_arg:
-            from simuq_core.io import read_json
-
-            ref_path = Path(ref_arg)
-            if not ref_path.exists():
-                print(f"error: --ood-reference {ref_path}: no such file (run the epistemic stage)",
-                      file=sys.stderr)
-                return 2
-            reference = read_json(ref_path)
-            if n_epi == 0 and "epistemic" in reference:
-                print("error: --ood-reference needs epistemic passes (a model trained with dropout, "
-                      "--epistemic N > 0)", file=sys.stderr)
-                return 2
-        report = predict_files(inputs, args.out, model, spec, args.model, cfg, tile,
-                               progress=not args.quiet, context=args.context or cfg.context,
-                               wiener=wiener,
-                               pattern=args.pattern, period_hint=cfg.period_hint,
-                               epistemic_samples=n_epi, epistemic_seed=params.epistemic.seed,
-                               ood_reference=reference)
-    except ValueError as exc:  # tile / overlap incompatible with the model
+        report = run_predict(args.model, args.input, args.out, params.model_copy(update={"predict": cfg}),
+                             options)
+    except PredictUsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    inputs = report.results
     failed = report.failed
     n_warn = sum(bool(r.warnings) for r in report.results)
     print(f"predict: {len(inputs) - len(failed)}/{len(inputs)} inputs reconstructed into {args.out} "

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     setup_logging()
-    from simuq_core.inference.files import TiledPredictor, resolve_tile
+    from simuq_core.inference.predictor import TiledPredictor, resolve_tile
     from simuq_core.io import write_json, write_text
     from simuq_core.network.store import load_model
     from simuq_core.reports.comparison import quality_report

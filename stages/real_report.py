@@ -26,18 +26,18 @@ from stages._common import base_parser, setup_logging
 
 
 def _load_input(summary: dict[str, Any], folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The normalised raw frames ``(F, H, W)`` of a prediction (its recorded offset and scale)
-    and its maps."""
-    from simuq_core.inference.files import read_stack
+    """The normalised raw frames ``(F, H, W)`` of a prediction (read as predict read them, with
+    its recorded normalisation, in float64) and its maps."""
+    from simuq_core.inference.files import read_input
     from simuq_core.io import read_tiff
-    from simuq_core.realdata.checks import to_frame_stack
+    from simuq_core.realdata.normalise import Normalisation
 
-    array, _ = read_stack(summary["input"])
-    raw, _ = to_frame_stack(np.asarray(array), int(summary["model"]["n_frames"]), summary["input"])
-    norm = summary["normalisation"]
-    x = (raw.astype(np.float64) - norm["norm_offset"]) / norm["norm_scale"]
-    if norm.get("frame_gains") is not None:
-        x = x / np.asarray(norm["frame_gains"], np.float64)[:, None, None]
+    model = summary["model"]
+    path = summary["input"].split(" (time point")[0]
+    frames = read_input(path, int(model["n_frames"]), int(model["n_angles"]),
+                        "phase_major" if summary["frame_order"].startswith("phase-major") else "angle_major").frames
+    raw = frames[int(summary.get("time_point", 0))]
+    x = Normalisation.from_dict(summary["normalisation"]).apply(raw, np.float64)
     maps = {name: read_tiff(folder / entry["file"]) for name, entry in summary["maps"].items()}
     return x, maps
 

@@ -21,12 +21,11 @@ log = logging.getLogger("simuq.simulate")
 
 def matched_simulation(simulate, path: str | Path):
     """The ``simulate`` section with the measured ``override`` of ``path`` merged over it
-    (:func:`simuq_core.simulation.ood.merge_override`) and validated; a clear error names the file."""
+    (:func:`simuq_core.config.merge_override`) and validated; a clear error names the file."""
     from pydantic import ValidationError
 
-    from simuq_core.config import SimulateParams, format_validation_error
+    from simuq_core.config import SimulateParams, format_validation_error, merge_override
     from simuq_core.io import read_json
-    from simuq_core.simulation.ood import merge_override
 
     path = Path(path)
     try:

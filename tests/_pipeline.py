@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from tests._tiny import tiny_raw
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -18,7 +22,7 @@ def make_tiny_repo(dest: Path) -> Path:
     for name in ("simuq_core", "stages"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
-    shutil.copy(ROOT / "profiles" / "tiny.yaml", dest / "params.yaml")
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_raw(), sort_keys=False))
     shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
     run(["git", "init", "-q"], dest)
     run([str(BIN / "dvc"), "init", "-q"], dest)

@@ -1,4 +1,4 @@
-"""Reading real SIM acquisitions (simuq_core/acquisition.py)."""
+"""Reading real SIM acquisitions (simuq_core/realdata/reader.py)."""
 
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def test_strict_mrc2014(tmp_path, rng):
 
 @pytest.mark.parametrize("shape, layout", [
     ((9, 40, 48), "(9,H,W)"),
-    ((9, 1, 40, 48), "(F,1,H,W)"),
-    ((1, 9, 40, 48), "(1,F,H,W)"),
+    ((9, 1, 40, 48), "(9,1,H,W)"),
+    ((1, 9, 40, 48), "(1,9,H,W)"),
     ((2, 9, 40, 48), "(T,9,H,W)"),
     ((18, 40, 48), "(T·9,H,W)"),
 ])
@@ -126,7 +126,7 @@ def test_bad_inputs(tmp_path, rng):
     fails(tmp_path / "x.png", "unknown extension")
     fails(tmp_path / "missing.tif", "no such file")
     (tmp_path / "junk.tif").write_bytes(b"not a tiff at all")
-    fails(tmp_path / "junk.tif", "cannot read TIFF")
+    fails(tmp_path / "junk.tif", "cannot read as TIFF")
 
 
 def test_truncated_and_foreign_mrc(tmp_path):

@@ -63,7 +63,7 @@ def test_benchmark_set_levels_share_the_scene_and_twins_differ_only_by_noise():
 
 
 def test_quality_report_scores_every_method_with_a_network(tmp_path):
-    from simuq_core.inference.files import TiledPredictor
+    from simuq_core.inference.predictor import TiledPredictor
     from simuq_core.network.forward import build_model, model_spec
 
     p = _params()

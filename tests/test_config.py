@@ -7,39 +7,58 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simuq_core.config import ParamsError, parse_params
+from simuq_core.config import ParamsError, apply_profile, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"))]
+OVERLAYS = sorted((ROOT / "profiles").glob("*.yaml"))
 
 
 def _default() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
-def test_every_profile_validates(path):
-    params = parse_params(yaml.safe_load(path.read_text()), source=str(path))
-    assert params.simulate.n_frames == 9
+def test_default_params_validate():
+    assert parse_params(_default(), source="params.yaml").simulate.n_frames == 9
 
 
-def test_profiles_have_the_same_keys_as_the_default():
-    def keys(d, prefix=""):
-        out = set()
+@pytest.mark.parametrize("path", OVERLAYS, ids=lambda p: p.name)
+def test_every_profile_is_a_valid_overlay_of_the_default(path):
+    """A profile holds only what differs from params.yaml: every key it sets exists there, at
+    least one value differs, none repeats the default, and the merge validates."""
+    overlay = yaml.safe_load(path.read_text())
+    merged = apply_profile(_default(), overlay, str(path))
+    assert parse_params(merged).simulate.n_frames == 9
+
+    def leaves(d, prefix=""):
         for k, v in d.items():
-            out.add(prefix + k)
             if isinstance(v, dict):
-                out |= keys(v, prefix + k + ".")
-        return out
+                yield from leaves(v, prefix + k + ".")
+            else:
+                yield prefix + k, v
 
-    base = keys(_default())
-    for path in PROFILES[1:]:
-        assert keys(yaml.safe_load(path.read_text())) == base, path.name
+    default = dict(leaves(_default()))
+    changed = dict(leaves(overlay))
+    assert changed and all(default[k] != v for k, v in changed.items()), path.name
 
 
-def test_gpu_profile_is_the_original_geometry():
-    gpu = parse_params(yaml.safe_load((ROOT / "profiles" / "gpu.yaml").read_text())).simulate
-    assert (gpu.lr_h, gpu.lr_w, gpu.hr_factor, gpu.n_samples) == (80, 80, 6, 1000)
+def test_profile_keys_the_default_lacks_are_named():
+    with pytest.raises(ParamsError, match=r"simulate.n_sampels: not in the base params file"):
+        apply_profile(_default(), {"simulate": {"n_sampels": 3}}, "profiles/bad.yaml")
+    with pytest.raises(ParamsError, match=r"simulate.n_samples"):
+        apply_profile(_default(), {"simulate": {"n_samples": 0}}, "profiles/bad.yaml")
+
+
+def test_profile_command_writes_the_merged_params(tmp_path, capsys):
+    from stages.profile import main
+
+    out = tmp_path / "params.yaml"
+    assert main(["gpu", "--base", str(ROOT / "params.yaml"), "--out", str(out)]) == 0
+    gpu = parse_params(yaml.safe_load(out.read_text()))
+    assert gpu.simulate.lr_h == 80 and gpu.uq == parse_params(_default()).uq
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {widht: 3}\n")
+    assert main([str(bad), "--base", str(ROOT / "params.yaml"), "--out", str(tmp_path / "x.yaml")]) == 2
+    assert "model.widht" in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
 
 
 @pytest.mark.parametrize(

@@ -231,7 +231,8 @@ def test_input_features_are_block_size_free_and_separate_blobs_from_filaments(rn
 
 
 def test_tiled_prediction_writes_epistemic_maps_and_flags_out_of_distribution_inputs(rng):
-    from simuq_core.inference.files import TiledPredictor, ood_check
+    from simuq_core.inference.ood import ood_check
+    from simuq_core.inference.predictor import TiledPredictor
     from simuq_core.network.forward import model_spec
 
     p = tiny_params(model={"dropout": 0.2})

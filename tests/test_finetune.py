@@ -1,4 +1,4 @@
-"""Fine-tuning on real raw acquisitions (simuq_core/finetune.py, stages/finetune.py): the classical
+"""Fine-tuning on real raw acquisitions (simuq_core/workflows/finetune.py, stages/finetune.py): the classical
 noise estimate against known σ, the params schema, the streamed batch source in the engine, and a
 tiny end-to-end run on the shipped MT.mrc."""
 
@@ -13,13 +13,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from simuq_core.config import parse_params
 from simuq_core.evaluation.gtfree import classical_noise_variance
 from simuq_core.network.forward import build_model, model_spec
 from simuq_core.network.store import load_model, save_model
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.pattern.estimate import airy_camera_otf
 from simuq_core.workflows.finetune import FinetuneParams
+from tests._tiny import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 MT = REPO / "examples" / "rdl_sim_microtubules" / "MT.mrc"
@@ -78,7 +78,7 @@ def test_finetune_params_are_strict():
 
 
 def _tiny_model(folder: Path) -> Path:
-    params = parse_params(yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text()))
+    params = tiny_params()
     model = build_model(params.model, params.uq, 9, 0)
     spec = model_spec(params.model, params.uq, 9) | {"mode": "selfsup", "train_crop": [16, 16]}
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def _check_ood_reference(model_dir: Path) -> None:
     focus are flagged by the input statistics, and ``ood_check`` works without MC-dropout maps."""
     from scipy.ndimage import gaussian_filter
 
-    from simuq_core.inference.files import OOD_REFERENCE_FILE, ood_check
+    from simuq_core.inference.ood import OOD_REFERENCE_FILE, ood_check
     from simuq_core.realdata.reader import read_acquisition
     from simuq_core.uncertainty.epistemic import input_distance, input_features
 

@@ -96,4 +96,5 @@ def test_stage_deps_are_the_code_each_stage_imports(dvc_file):
     """Every stage depends on exactly the subpackages (and stage files) its command imports: a
     missing one would leave a stage stale after an edit, an extra one re-runs it for nothing."""
     for name, stage, module in _stages(ROOT / dvc_file):
-        assert _stage_deps(stage) == _expected_deps(module), name
+        have, need = _stage_deps(stage), _expected_deps(module)
+        assert have == need, f"{dvc_file} stage {name}: add {sorted(need - have)}, remove {sorted(have - need)}"

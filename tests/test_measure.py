@@ -1,4 +1,4 @@
-"""Measuring raw stacks for matched simulation (simuq_core/measure.py, stages/measure.py).
+"""Measuring raw stacks for matched simulation (simuq_core/realdata/measure.py, stages/measure.py).
 
 Tolerances come from the spread of the estimates over 16 seeds per setting (64² px, background
 10 e-, read noise 3 e-, gain 2, offset 100; recorded when the module was written):
@@ -23,12 +23,12 @@ import pytest
 import tifffile
 import yaml
 
-from simuq_core.config import SimulateParams, apply_microscope
+from simuq_core.config import SimulateParams, apply_microscope, merge_override
 from simuq_core.realdata.checks import InputError
 from simuq_core.realdata.measure import measure_acquisition, measure_files, photon_transfer, simulate_override
 from simuq_core.realdata.reader import read_acquisition
-from simuq_core.simulation.ood import merge_override
 from simuq_core.simulation.samples import simulate_sample
+from tests._tiny import tiny_params_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MT = ROOT / "examples" / "rdl_sim_microtubules" / "MT.mrc"
@@ -233,7 +233,7 @@ def test_simulate_stage_matches_a_measurement(measured, tmp_path):
     (photons, period, *_), _, m = measured
     path = tmp_path / "measured.json"
     path.write_text(json.dumps({"override": simulate_override([m])}))
-    params = ROOT / "profiles" / "tiny.yaml"
+    params = tiny_params_file()
     simulate_main(["--params", str(params), "--out", str(tmp_path / "sim"), "--match", str(path), "--quiet"])
     manifest = json.loads((tmp_path / "sim" / "dataset.json").read_text())
     sim = manifest["params"]

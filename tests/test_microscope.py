@@ -15,15 +15,15 @@ from simuq_core.network.forward import build_model, model_spec
 from simuq_core.network.store import save_model
 from simuq_core.realdata.checks import InputError, angle_major_order
 from simuq_core.simulation.samples import sample_rng, simulate_sample
+from tests._tiny import tiny_raw
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = [ROOT / "params.yaml", ROOT / "pipelines" / "real" / "params.yaml",
-            *sorted((ROOT / "profiles").glob("*.yaml"))]
+PROFILES = [ROOT / "params.yaml", ROOT / "pipelines" / "real" / "params.yaml"]
 EXAMPLE = ROOT / "examples" / "rdl_sim_microtubules"
 
 
-def _raw(path: Path = ROOT / "profiles" / "tiny.yaml") -> dict:
-    return yaml.safe_load(path.read_text())
+def _raw(path: Path | None = None) -> dict:
+    return tiny_raw() if path is None else yaml.safe_load(path.read_text())
 
 
 def _get(params, dotted: str):

@@ -13,6 +13,8 @@ from simuq_core.config import parse_params
 from simuq_core.optics.imaging import illumination_patterns
 from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
 from simuq_core.simulation.samples import simulate_sample
+from tests._tiny import tiny_raw
+from tests._tolerance import assert_f32_close
 
 ROOT = Path(__file__).resolve().parents[1]
 NA, WAVELENGTH, PIXEL = 1.3, 488.0, 62.6
@@ -177,7 +179,7 @@ def test_bad_frame_counts_are_rejected():
 
 
 def _tiny(**model):
-    raw = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    raw = tiny_raw()
     raw["model"] = {**raw["model"], **model}
     return parse_params(raw)
 
@@ -204,7 +206,11 @@ def test_parametric_network_pattern_heads_and_gradients(rng):
     from simuq_core.network.forward import batch_pattern
     again = predict(model, jnp.asarray(x), p.uq, batch_pattern({k: jnp.asarray(v)
                                                                 for k, v in pre.items()}))
-    np.testing.assert_allclose(np.asarray(again["var_rec"]), np.asarray(out["var_rec"]), rtol=1e-5)
+    # (eager and per-sample against jit and batched: float32 round-off through the network, 14
+    # layers at the tiny size, and the variance propagation's FFTs, the largest reduction)
+    n_fft = (out["emitter"].shape[-1] + out["psf"].shape[-1] - 1) ** 2
+    assert_f32_close(again["var_rec"], out["var_rec"], n_fft, depth=2 * (2 * p.model.depth + 1)
+                     + p.model.depth + 2 + 2)
 
     def loss(m):
         o = predict(m, jnp.asarray(x), p.uq)

@@ -1,4 +1,4 @@
-"""Streaming raw acquisitions (simuq_core/raw_data.py): indexing, cache, bad files, pixel sizes,
+"""Streaming raw acquisitions (simuq_core/realdata/crops.py): indexing, cache, bad files, pixel sizes,
 crops with their pattern, determinism, held-out parts, bounded memory, process sharding."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def test_bad_files_reported_and_skipped(files, tmp_path):
     assert [a.path for a in found.acquisitions] == [str(files[1])]
     reasons = dict(found.skipped)
     assert set(reasons) == {str(garbage), str(eight), str(missing)}
-    assert "cannot read TIFF" in reasons[str(garbage)]
+    assert "cannot read as TIFF" in reasons[str(garbage)]
     assert "not a multiple of 9" in reasons[str(eight)]
     assert "no such file" in reasons[str(missing)]
     with pytest.raises(InputError, match="garbage.tif.*strict"):

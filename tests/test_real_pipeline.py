@@ -14,10 +14,11 @@ import yaml
 
 from simuq_core.config import parse_params
 from simuq_core.evaluation.gtfree import brightest_window, field_metrics
-from simuq_core.inference.files import pattern_source
+from simuq_core.inference.image_pattern import pattern_source
 from simuq_core.network.forward import build_model, model_spec
 from simuq_core.network.store import save_model
 from simuq_core.realdata.reader import read_acquisition
+from tests._tiny import tiny_raw
 
 REPO = Path(__file__).resolve().parents[1]
 MT = REPO / "examples" / "rdl_sim_microtubules" / "MT.mrc"
@@ -29,7 +30,7 @@ MT_MICROSCOPE = {"na": 1.47, "emission_nm": 525.0, "pixel_nm": 62.6}
 def _tiny_mt_model(folder: Path) -> Path:
     """An untrained tiny network with MT.mrc's optics and a wrong period prior (5 px): the blind
     estimate must not depend on it."""
-    raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
+    raw = tiny_raw()
     raw["microscope"] |= MT_MICROSCOPE
     raw["model"]["unet_upsample"] = "resize_conv"  # as pipelines/real/params.yaml
     params = parse_params(raw)
@@ -41,7 +42,7 @@ def _tiny_mt_model(folder: Path) -> Path:
 
 
 def _params_file(tmp_path: Path, finetune: dict | None = None) -> Path:
-    raw = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
+    raw = tiny_raw()
     raw["microscope"] |= MT_MICROSCOPE | {"pattern_period_px": None}  # blind search
     raw["predict"] |= {"tile": 64, "overlap": 16, "wiener": True, "wiener_w": 0.1,
                        "tile_margin": 5, "context": "crops"}  # as pipelines/real/params.yaml
@@ -105,15 +106,15 @@ def test_blind_pattern_of_an_mrc2014_crop_with_a_period_hint(tmp_path):
     """A 128-px strict MRC2014 crop: blind over the whole band an angle's peak can be lost at this
     size; with the period hint all three are found (within 2 %); a weak estimate is reported as
     such, never blamed on the frame order."""
-    from simuq_core.inference.files import blind_image_pattern, read_stack
-    from simuq_core.realdata.checks import to_frame_stack
+    from simuq_core.inference.files import read_input
+    from simuq_core.inference.image_pattern import blind_image_pattern
     from simuq_core.realdata.normalise import normalise
 
     path = tmp_path / "crop.mrc"
     _write_mrc_crop(path, 128)
-    array, info = read_stack(path)
+    info = read_input(path, 9, 3, "angle_major")
     assert info.pixel_nm == pytest.approx(62.6)
-    raw, _ = to_frame_stack(array, 9, str(path))
+    raw = info.frames[0]
     x, _ = normalise(raw, 0.0, 99.9, str(path))
     spec = {"model": {"optics": MT_OPTICS, "light_pattern": {"n_angles": 3}}}
     (_, centre), diag, cutoff = blind_image_pattern(x, spec, info.pixel_nm, None, str(path), PERIOD)

@@ -16,6 +16,7 @@ from simuq_core.network.store import load_model
 from simuq_core.training.engine import Trainer, TrainingDiverged
 from simuq_core.training.objectives import selfsup_objective
 from tests._tiny import tiny_params  # (other test modules import it from here too)
+from tests._tolerance import assert_f32_close, f32_tol
 
 
 def _trainer(params: Params, x: np.ndarray, out: Path, devices=None, **kw) -> Trainer:
@@ -159,9 +160,27 @@ def test_two_devices_give_the_same_loss_and_gradients_as_one(tmp_path):
     assert two.mesh.devices.size == 2 and one.mesh.devices.size == 1
     l1, t1, g1 = one.loss_and_grads({"x": x})
     l2, t2, g2 = two.loss_and_grads({"x": x})
-    assert float(l1) == pytest.approx(float(l2), rel=1e-5)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-7)
+    # Two devices run other kernels and sum the batch in another order (tests/_tolerance.py): the
+    # network's 14 layers (3×3 convolutions over ≤ 32 channels) and the loss, forward (loss) and
+    # back (gradients), then the sum over the batch's frames or model-grid pixels. An analytically
+    # zero gradient (a convolution's bias before a GroupNorm) is pure cancellation of the same
+    # back-propagated terms its kernel's gradient sums: each leaf takes its module's largest
+    # gradient as scale.
+    fan_in, chain = 9 * 32, 14 + 2
+    assert_f32_close(l2, l1, atol=f32_tol(l1, fan_in, chain) + f32_tol(l1, x.size), err_msg="loss")
+    pixels = x.shape[0] * (2 * x.shape[-2]) * (2 * x.shape[-1])  # model grid: rescale 2
+    leaves = jax.tree_util.tree_leaves_with_path(g1)
+
+    def module(path):  # ['dec'][0]['conv1']['bias'].value -> ('dec', 0, 'conv1')
+        return tuple(str(k) for k in path if not isinstance(k, jax.tree_util.GetAttrKey))[:-1]
+
+    scale: dict[tuple, float] = {}
+    for path, g in leaves:
+        scale[module(path)] = max(scale.get(module(path), 0.0), float(np.abs(np.asarray(g)).max()))
+    for (path, a), b in zip(leaves, jax.tree.leaves(g2), strict=True):
+        s = scale[module(path)]
+        assert_f32_close(b, a, atol=f32_tol(s, fan_in, 2 * chain) + f32_tol(s, pixels),
+                         err_msg=jax.tree_util.keystr(path))
 
 
 def _params_of(trainer: Trainer) -> list[np.ndarray]:

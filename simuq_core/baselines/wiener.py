@@ -66,6 +66,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import fft as sfft
 
+from simuq_core.config import BaselineParams
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.pattern.estimate import estimate_pattern
 
@@ -578,3 +579,12 @@ def reconstruct_stack(
     if single:
         image, k, phases, modulation, contrast = image[0], k[0], phases[0], modulation[0], contrast[0]
     return SimReconstruction(image, k, phases, modulation, contrast, otf)
+
+
+def wiener_options(cfg: BaselineParams, w: float) -> WienerOptions:
+    """The :class:`WienerOptions` of the ``baseline`` params with Wiener parameter ``w``."""
+    return WienerOptions(wiener_w=float(w), apodization=cfg.apodization,
+                         apodization_cutoff=cfg.apodization_cutoff,
+                         apodization_bend=cfg.apodization_bend,
+                         attenuation_strength=cfg.attenuation_strength,
+                         attenuation_fwhm=cfg.attenuation_fwhm, edge_taper=cfg.edge_taper)

@@ -7,7 +7,7 @@ network. This module turns a set of files into batches without ever holding the 
    validates it (bad files are reported with the reason and skipped, or stop the run with
    ``strict``), the *whole-acquisition* normalisation ``x = (raw − offset)/scale`` is fixed
    (``scale`` = the ``norm_percentile`` percentile of ``raw − offset`` over every frame and time
-   point, as :func:`simuq_core.inference.files.normalise` does for one stack) and the illumination is
+   point, as :func:`simuq_core.realdata.normalise.normalise` does for one stack) and the illumination is
    estimated blind on the full field of view (:func:`~simuq_core.pattern.estimate.estimate_pattern_blind`:
    one wave vector per angle shared by all time points, one phase per time point). The result
    and where the raw array lies in the file (byte offset, dtype, shape) are cached as one small
@@ -50,7 +50,8 @@ from simuq_core.io import write_json
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.pattern.estimate import PATTERN_KEYS, estimate_pattern_blind
 from simuq_core.realdata.checks import InputError, angle_major_order
-from simuq_core.realdata.reader import MRC_SUFFIXES, TIFF_SUFFIXES, measured_otf, read_acquisition
+from simuq_core.realdata.normalise import frame_gains, resolve_offset
+from simuq_core.realdata.reader import MRC_SUFFIXES, measured_otf, read_acquisition
 from simuq_core.simulation.samples import normalisation_scale
 
 __all__ = [
@@ -77,7 +78,7 @@ class IndexedAcquisition:
     ``pattern_k`` ``(T, A, 2)`` cycles/px, ``pattern_phase`` / ``pattern_contrast`` ``(T, A)``,
     phase referred to the field centre ``(H/2, W/2)``; ``pattern`` the estimate's summary
     (periods, orientations, detection z, messages); ``frame_gain`` ``(T, F)``: the frames' relative
-    intensities (:func:`~simuq_core.inference.files.frame_gains`) that crops are divided by, or ``None``."""
+    intensities (:func:`~simuq_core.realdata.normalise.frame_gains`) that crops are divided by, or ``None``."""
 
     path: str
     shape: tuple[int, int, int, int]
@@ -158,15 +159,6 @@ def _raw_layout(path: Path) -> tuple[int | None, str, tuple[int, ...]]:
             return None, np.dtype(page.dtype).str, (len(tif.pages), *page.shape)
 
 
-def _tiff_metadata(path: Path) -> dict[str, Any]:
-    if path.suffix.lower() not in TIFF_SUFFIXES:
-        return {}
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        return dict(tif.imagej_metadata or {})
-
-
 def _cache_key(path: Path, settings: dict[str, Any]) -> str:
     stat = path.stat()
     blob = json.dumps({"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
@@ -176,14 +168,12 @@ def _cache_key(path: Path, settings: dict[str, Any]) -> str:
 
 def _index_one(path: Path, settings: dict[str, Any]) -> IndexedAcquisition:
     """Read, validate, normalise and estimate one file (module docstring, step 1)."""
-    from simuq_core.realdata.normalise import frame_gains, resolve_offset
-
     n_angles, n_phases = settings["n_angles"], settings["n_phases"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         acq = read_acquisition(path, n_angles, n_phases, settings["frame_order"])
     notes = list(acq.warnings) + [str(w.message) for w in caught if str(w.message) not in acq.warnings]
-    offset, offset_source = resolve_offset(settings["norm_offset"], path, _tiff_metadata(path))
+    offset, offset_source = resolve_offset(settings["norm_offset"], path, acq.metadata)
     frames = acq.frames  # (T, F, H, W)
     level = float(np.percentile(frames.astype(np.float64) - offset, settings["norm_percentile"]))
     if level <= 0:
@@ -246,7 +236,7 @@ def index_acquisitions(
 
     Parameters
     ----------
-    paths : the files (e.g. :func:`simuq_core.inference.files.find_inputs` of the user's globs).
+    paths : the files (e.g. :func:`simuq_core.realdata.reader.find_inputs` of the user's globs).
     cache_dir : folder for the per-file JSON cache (created; nothing is written beside the data).
     na, wavelength_nm : the microscope's NA and emission wavelength (the file's wavelength wins when
         it records one and ``use_file_wavelength``); with the pixel size they give the OTF cut-off
@@ -254,9 +244,9 @@ def index_acquisitions(
     default_pixel_nm : pixel size assumed for files that record none.
     period_hint : restrict the search to ``|k|`` within 5 % of ``1/period_hint`` (camera px).
     norm_offset : camera offset; ``None``: the TIFF's metadata
-        (:func:`~simuq_core.inference.files.resolve_offset`), else 0.
+        (:func:`~simuq_core.realdata.normalise.resolve_offset`), else 0.
     equalize_frames : divide every frame by its relative intensity over the whole field
-        (:func:`~simuq_core.inference.files.frame_gains`), computed here once per acquisition.
+        (:func:`~simuq_core.realdata.normalise.frame_gains`), computed here once per acquisition.
     strict : raise on the first bad file instead of skipping it.
     otf_file : measured radial OTF (:func:`measured_otf`) for the blind pattern search; ``None``:
         the ideal Airy OTF of ``na`` / ``wavelength_nm``.

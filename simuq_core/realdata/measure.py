@@ -2,7 +2,7 @@
 
 :func:`measure_acquisition` reads what the ``simulate`` section needs from one raw stack in camera
 ADU; :func:`simulate_override` turns one or more such measurements into a partial ``simulate``
-override (the format of ``ood.shifts``, merged by :func:`simuq_core.simulation.ood.merge_override`).
+override (the format of ``ood.shifts``, merged by :func:`simuq_core.config.merge_override`).
 
 **Pattern**: the blind, full-band estimate :func:`~simuq_core.pattern.estimate.estimate_pattern_blind`
 (period and orientation per angle, modulation by band ratio, detection z).
@@ -62,7 +62,8 @@ from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.optics.spectra import freq_radius
 from simuq_core.pattern.estimate import OtfFunction, estimate_pattern_blind
 from simuq_core.realdata.checks import InputError
-from simuq_core.realdata.reader import TIFF_SUFFIXES, measured_otf, read_acquisition
+from simuq_core.realdata.normalise import resolve_offset
+from simuq_core.realdata.reader import Acquisition, measured_otf, read_acquisition
 from simuq_core.simulation.samples import (
     _STRUCTURE_FRACTION,  # the photons must mean what noise.photons means
 )
@@ -542,18 +543,10 @@ def simulate_override(measurements: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _file_offset(path: Path, given: float | None) -> tuple[float | None, str]:
-    """The camera offset of ``path``: given, else its TIFF metadata or simuq side-car
-    (:func:`simuq_core.inference.files.resolve_offset`), else ``None`` (estimated from the noise)."""
-    from simuq_core.realdata.normalise import resolve_offset
-
-    metadata: dict[str, Any] = {}
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            metadata = dict(tif.imagej_metadata or {})
-    value, source = resolve_offset(given, path, metadata)
+def _file_offset(acq: Acquisition, given: float | None) -> tuple[float | None, str]:
+    """The camera offset of an acquisition: given, else its metadata or simuq side-car
+    (:func:`~simuq_core.realdata.normalise.resolve_offset`), else ``None`` (estimated from the noise)."""
+    value, source = resolve_offset(given, Path(acq.path), acq.metadata)
     return (None, "unknown") if source.startswith("none found") else (value, source)
 
 
@@ -599,7 +592,7 @@ def measure_files(
                 acq = read_acquisition(path, n_angles, n_phases, frame_order)  # type: ignore[arg-type]
             pixel = acq.pixel_nm or pixel_nm
             wavelength = acq.wavelength_nm or wavelength_nm
-            file_offset, offset_source = _file_offset(path, offset)
+            file_offset, offset_source = _file_offset(acq, offset)
             otf = None
             if otf_file:
                 otf = otf_cache.get(pixel) or measured_otf(otf_file, pixel)

@@ -64,6 +64,21 @@ class Normalisation:
             out["rule"] = NORMALISATION_RULE + " / frame_gains[frame]"
         return out
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Normalisation:
+        """The inverse of :meth:`as_dict` (e.g. a prediction's ``summary.json``)."""
+        gains = d.get("frame_gains")
+        return cls(float(d["norm_offset"]), float(d["norm_scale"]), float(d["norm_percentile"]),
+                   str(d["offset_source"]), None if gains is None else tuple(float(g) for g in gains))
+
+    def apply(self, raw: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """``(…, F, H, W)`` raw counts -> normalised frames, computed in ``dtype`` (float32: what
+        the network was given; float64 for reports that measure small differences)."""
+        x = ((raw.astype(dtype) - dtype(self.offset)) / dtype(self.scale)).astype(dtype)
+        if self.frame_gains is not None:
+            x = (x / np.asarray(self.frame_gains, dtype)[:, None, None]).astype(dtype)
+        return x
+
 
 def frame_gains(raw: np.ndarray, offset: float) -> np.ndarray:
     """Relative illumination intensity of every frame: ``g_f = mean(raw_f − offset) / mean_f'(…)``
@@ -92,10 +107,6 @@ def normalise(raw: np.ndarray, offset: float, percentile: float, source: str, of
         raise InputError(f"{source}: after subtracting the camera offset {offset:g}, the "
                          f"{percentile:g}th percentile is {level:g} ≤ 0: wrong norm_offset?")
     scale = normalisation_scale(raw, offset, percentile)
-    x = ((raw.astype(np.float32) - np.float32(offset)) / np.float32(scale)).astype(np.float32)
-    gains = None
-    if equalize_frames:
-        gains = frame_gains(raw, offset)
-        x = (x / gains[:, None, None].astype(np.float32)).astype(np.float32)
-        gains = tuple(float(g) for g in gains)
-    return x, Normalisation(offset, scale, percentile, offset_source, gains)
+    gains = tuple(float(g) for g in frame_gains(raw, offset)) if equalize_frames else None
+    norm = Normalisation(offset, scale, percentile, offset_source, gains)
+    return norm.apply(raw), norm

@@ -30,7 +30,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -46,6 +46,7 @@ __all__ = [
     "measured_otf",
     "read_acquisition",
     "read_otf_profile",
+    "to_time_series",
 ]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -70,7 +71,10 @@ class Acquisition:
     frames : ``(T, F, H, W)`` float32, angle-major; pixel_nm : camera pixel at the sample (nm) from
     the metadata, or ``None``; wavelength_nm : emission wavelength from the metadata (DeltaVision),
     or ``None``; layout : the array layout found (e.g. ``"(T,9,H,W)"``); frame_order : the order
-    of the file (frames are always returned angle-major); warnings : the value checks' warnings.
+    of the file (frames are always returned angle-major); warnings : the value checks' warnings;
+    metadata : the file's key-value metadata (ImageJ and tifffile's JSON description, merged; for
+    MRC / DV the emission wavelength), where e.g. a camera offset is looked up; file_shape : the
+    array's shape as stored.
     """
 
     frames: np.ndarray
@@ -82,6 +86,8 @@ class Acquisition:
     dtype: str
     wavelength_nm: float | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    file_shape: tuple[int, ...] = ()
 
     @property
     def n_frames(self) -> int:
@@ -120,16 +126,26 @@ def _tiff_pixel_nm(tif) -> float | None:
     return None
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, float | None]:
+def _tiff_metadata(tif) -> dict[str, Any]:
+    """ImageJ metadata and tifffile's shaped (JSON description) metadata, merged."""
+    meta: dict[str, Any] = {}
+    for source in (tif.imagej_metadata or {}, *(tif.shaped_metadata or ())):
+        if isinstance(source, dict):
+            meta.update(source)
+    return meta
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, float | None, dict[str, Any]]:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             data = tif.asarray()
             pixel_nm = _tiff_pixel_nm(tif)
+            meta = _tiff_metadata(tif)
     except Exception as exc:  # tifffile raises several types for corrupt files
-        raise InputError(f"{path}: cannot read TIFF ({exc})") from exc
-    return data, pixel_nm, None
+        raise InputError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})") from exc
+    return data, pixel_nm, None, meta
 
 
 # -- MRC / DeltaVision ---------------------------------------------------------------------------
@@ -153,7 +169,7 @@ def _is_deltavision(path: Path) -> bool:
     return _deltavision_wavelength(path) is not None
 
 
-def _read_mrc(path: Path) -> tuple[np.ndarray, float | None, float | None]:
+def _read_mrc(path: Path) -> tuple[np.ndarray, float | None, float | None, dict[str, Any]]:
     import mrcfile
 
     wave = _deltavision_wavelength(path)
@@ -179,7 +195,8 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None, float | None]:
         pixel_nm = voxel * 1e3 if voxel > 0 else None
     else:
         pixel_nm = voxel / 10.0 if voxel > 0 and voxel != 1.0 else None
-    return data, pixel_nm, (wave if dv and 200.0 < wave < 2000.0 else None)  # type: ignore[operator]
+    wavelength = wave if dv and 200.0 < wave < 2000.0 else None  # type: ignore[operator]
+    return data, pixel_nm, wavelength, ({} if wavelength is None else {"wavelength_nm": wavelength})
 
 
 def read_otf_profile(path: str | os.PathLike) -> tuple[np.ndarray, float]:
@@ -187,7 +204,7 @@ def read_otf_profile(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     complex profile and its radial step in µm⁻¹ (header ``dx``), for
     :func:`simuq_core.pattern.estimate.radial_otf`."""
     path = Path(path)
-    data, step_nm, _ = _read_mrc(path)
+    data, step_nm, _, _ = _read_mrc(path)
     if step_nm is None or not _is_deltavision(path):
         raise InputError(f"{path}: expected a DeltaVision OTF file with its frequency step in the header")
     return np.asarray(data).ravel().astype(np.complex64), step_nm / 1e3
@@ -217,17 +234,23 @@ def _measured_otf(path: str | os.PathLike, pixel_nm: float):
 # -- layout --------------------------------------------------------------------------------------
 
 
-def _to_time_series(data: np.ndarray, n_frames: int, source: str) -> tuple[np.ndarray, str]:
-    """``(T, F, H, W)`` from the accepted layouts (module docstring) and the layout's name."""
+def to_time_series(data: np.ndarray, n_frames: int, source: str) -> tuple[np.ndarray, str]:
+    """``(T, F, H, W)`` from the accepted layouts (module docstring) and the layout's name, e.g.
+    ``"(9,H,W)"``, ``"(1,9,H,W)"``, ``"(T,9,H,W)"``. Anything else is an :class:`InputError`
+    naming ``source``, the shape found and the layouts expected, with a hint where one applies
+    (channel-last, 15 frames, a single image)."""
     shape = tuple(data.shape)
     expected = (f"({n_frames},H,W), ({n_frames},1,H,W), (1,{n_frames},H,W), (T,{n_frames},H,W) or "
                 f"(T·{n_frames},H,W)")
+    dtype = np.dtype(data.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(f"{source}: dtype {dtype} is not supported (expected integer or real camera counts)")
     if data.size == 0:
         raise InputError(f"{source}: empty image (shape {shape}); expected {expected}")
     if data.ndim == 2:
         raise InputError(f"{source}: a single {shape[0]}x{shape[1]} image; SIM needs every raw frame "
                          f"(not a reconstruction or a widefield sum): expected {expected}")
-    if data.ndim >= 3 and shape[-1] in (3, 4) and shape[-3] > 4 and data.ndim == 3:
+    if data.ndim == 3 and shape[-1] in (3, 4) and shape[-3] > 4:
         raise InputError(f"{source}: shape {shape} looks like an RGB(A) image; expected {expected}")
     lead = [s for s in shape[:-2] if s != 1]
     h, w = shape[-2:]
@@ -235,13 +258,15 @@ def _to_time_series(data: np.ndarray, n_frames: int, source: str) -> tuple[np.nd
         n = lead[0]
         if n % n_frames:
             hint = (f" (looks channel-last: transpose to ({n_frames}, H, W))"
-                    if data.ndim == 3 and shape[-1] % n_frames == 0 and shape[0] % n_frames else "")
+                    if data.ndim == 3 and shape[-1] % n_frames == 0 and shape[0] % n_frames else
+                    f" ({n} frames is 3 angles × 5 phases or 5 × 3: this model takes {n_frames})"
+                    if n == 15 else "")
             raise InputError(f"{source}: {n} frames is not a multiple of {n_frames} (shape {shape}); "
                              f"expected {expected}{hint}")
         t = n // n_frames
         layout = (f"({n_frames},H,W)" if t == 1 and data.ndim == 3 else
                   f"(T·{n_frames},H,W)" if data.ndim == 3 else "(" + ",".join(
-                      str(s) if s == 1 else ("F" if t == 1 else "N") for s in shape[:-2]) + ",H,W)")
+                      str(s) if s == 1 else (str(n_frames) if t == 1 else "N") for s in shape[:-2]) + ",H,W)")
         return data.reshape(t, n_frames, h, w), layout
     if len(lead) == 2 and lead[1] == n_frames:
         return data.reshape(lead[0], n_frames, h, w), f"(T,{n_frames},H,W)"
@@ -282,14 +307,12 @@ def read_acquisition(
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     is_tiff = suffix in TIFF_SUFFIXES
-    data, pixel_nm, wavelength = (_read_tiff if is_tiff else _read_mrc)(path)
+    data, pixel_nm, wavelength, metadata = (_read_tiff if is_tiff else _read_mrc)(path)
     fmt = ("ome-tiff" if str(path).lower().endswith((".ome.tif", ".ome.tiff")) else "tiff") if is_tiff \
         else ("deltavision" if _is_deltavision(path) else "mrc2014")
     dtype = np.dtype(data.dtype)
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
-        raise InputError(f"{path}: dtype {dtype} is not supported (expected integer or real camera counts)")
     n_frames = n_angles * n_phases
-    frames, layout = _to_time_series(np.asarray(data), n_frames, str(path))
+    frames, layout = to_time_series(np.asarray(data), n_frames, str(path))
     h, w = frames.shape[-2:]
     if min(h, w) < min_size:
         raise InputError(f"{path}: frames of {h}x{w} px are smaller than the minimum "
@@ -307,7 +330,7 @@ def read_acquisition(
         warnings.warn(msg, SaturationWarning if "saturated" in msg else UserWarning, stacklevel=2)
     frames = _reorder(frames, n_angles, n_phases, frame_order).astype(np.float32)
     return Acquisition(frames, pixel_nm, str(path), fmt, layout, frame_order, str(dtype), wavelength,
-                       tuple(found))
+                       tuple(found), metadata, tuple(data.shape))
 
 
 def find_inputs(patterns: Iterable[str]) -> list[Path]:

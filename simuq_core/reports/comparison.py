@@ -33,6 +33,7 @@ from simuq_core.baselines.wiener import (
     WienerOptions,
     reconstruct_stack,
     wiener_noise_variance,
+    wiener_options,
     wiener_sim,
 )
 from simuq_core.config import BaselineParams, ModelParams, QualityParams, SimulateParams
@@ -60,18 +61,8 @@ __all__ = [
     "make_benchmark_set",
     "plot_quality_panel",
     "quality_report",
-    "wiener_options",
     "wiener_pattern",
 ]
-
-
-def wiener_options(cfg: BaselineParams, w: float) -> WienerOptions:
-    """The :class:`WienerOptions` of the ``baseline`` params with Wiener parameter ``w``."""
-    return WienerOptions(wiener_w=float(w), apodization=cfg.apodization,
-                         apodization_cutoff=cfg.apodization_cutoff,
-                         apodization_bend=cfg.apodization_bend,
-                         attenuation_strength=cfg.attenuation_strength,
-                         attenuation_fwhm=cfg.attenuation_fwhm, edge_taper=cfg.edge_taper)
 
 
 def wiener_pattern(x: np.ndarray, model: ModelParams, options: WienerOptions) -> SimReconstruction:

@@ -20,35 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
-from simuq_core.config import Params, ParamsError, SimulateParams
+from simuq_core.config import Params, ParamsError, SimulateParams, merge_override
 from simuq_core.io import atomic_directory, write_json
 from simuq_core.simulation.dataset import write_dataset
 
-__all__ = ["OOD_FORMAT_VERSION", "merge_override", "ood_simulate_params", "resolve_ood_shifts",
+__all__ = ["OOD_FORMAT_VERSION", "ood_simulate_params", "resolve_ood_shifts",
            "shift_seed", "write_ood_splits"]
 
 OOD_FORMAT_VERSION = 1
-
-
-def merge_override(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive merge: mappings merge key by key, any other value in ``override`` replaces.
-
-    ``merge_override({"psf": {"na": 1.3, "kind": "airy"}}, {"psf": {"na": 1.1}})``
-    gives ``{"psf": {"na": 1.1, "kind": "airy"}}``. Neither input is modified.
-    """
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge_override(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def shift_seed(ood_seed: int, name: str) -> int:

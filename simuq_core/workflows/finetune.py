@@ -45,7 +45,7 @@ from simuq_core.evaluation.gtfree import (
 )
 from simuq_core.evaluation.quality import decorrelation_resolution
 from simuq_core.evaluation.synthetic import widefield
-from simuq_core.inference.files import OOD_REFERENCE_FILE
+from simuq_core.inference.ood import OOD_REFERENCE_FILE
 from simuq_core.io import write_json
 from simuq_core.network.forward import batch_pattern, predict
 from simuq_core.network.simnet import airy_prior
