@@ -245,3 +245,42 @@ def test_simulate_stage_matches_a_measurement(measured, tmp_path):
         simulate_main(["--params", str(params), "--out", str(tmp_path / "sim2"), "--match",
                        str(tmp_path / "bad.json")])
     assert not (tmp_path / "sim2").exists()
+
+
+@pytest.mark.parametrize("kind", ["ome_series", "imagej_offset"])
+def test_one_file_reads_alike_in_predict_finetune_and_measure(tmp_path, kind):
+    """The one reader: the same file gives predict, fine-tuning and measure the same axes, time
+    points, frames, pixel size and camera offset (an OME-TIFF time series with PhysicalSizeX and
+    no offset; a single ImageJ stack whose metadata records its offset)."""
+    from simuq_core.inference.files import read_input
+    from simuq_core.realdata.crops import index_acquisitions
+    from simuq_core.realdata.normalise import resolve_offset
+
+    frames = np.stack([_stack(300.0, 5.0, 0.8, seed) for seed in (1, 2)])  # (2, 9, 64, 64) ADU
+    counts = np.clip(np.round(frames), 0, 65535).astype(np.uint16)
+    path = tmp_path / ("series.ome.tif" if kind == "ome_series" else "stack.tif")
+    if kind == "ome_series":
+        tifffile.imwrite(path, counts, ome=True, metadata={"axes": "TZYX", "PhysicalSizeX": 0.0731,
+                                                           "PhysicalSizeXUnit": "µm"})
+        expected_t, pixel, offset = 2, 73.1, None
+    else:
+        counts = counts[:1]
+        tifffile.imwrite(path, counts[0], imagej=True, resolution=(1 / 0.0731, 1 / 0.0731),
+                         metadata={"axes": "ZYX", "unit": "um", "camera_offset": OFFSET})
+        expected_t, pixel, offset = 1, 73.1, OFFSET
+
+    acq = read_input(path, 9, 3, "angle_major")
+    assert acq.frames.shape == (expected_t, 9, 64, 64) and acq.pixel_nm == pytest.approx(pixel, rel=1e-6)
+    np.testing.assert_array_equal(acq.frames, counts.astype(np.float32))
+    predict_offset = resolve_offset(None, path, acq.metadata)[0]
+
+    index = index_acquisitions([path], tmp_path / "cache", na=1.3, wavelength_nm=488.0, default_pixel_nm=62.6)
+    entry = index.acquisitions[0]
+    assert entry.shape == acq.frames.shape and entry.pixel_nm == pytest.approx(acq.pixel_nm)
+    assert entry.norm_offset == predict_offset == (offset if offset is not None else 0.0)
+
+    measured = measure_files([path], na=1.3, wavelength_nm=488.0, pixel_nm=62.6)
+    m = measured["files"][0]
+    assert m["pixel_nm"] == pytest.approx(acq.pixel_nm) and m["layout"] == acq.layout
+    if offset is not None:
+        assert m["offset_source"] == "TIFF metadata 'camera_offset'"

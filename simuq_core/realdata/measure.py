@@ -52,6 +52,7 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -68,8 +69,8 @@ from simuq_core.simulation.samples import (
     _STRUCTURE_FRACTION,  # the photons must mean what noise.photons means
 )
 
-__all__ = ["MEASURE_VERSION", "PhotonTransfer", "measure_acquisition", "measure_files", "photon_transfer",
-           "simulate_override"]
+__all__ = ["MEASURE_VERSION", "Measurement", "PhotonTransfer", "measure_acquisition", "measure_files",
+           "photon_transfer", "simulate_override"]
 
 MEASURE_VERSION = 1
 # Huber threshold of the photon-transfer fit, in standard errors of a block's variance estimate.
@@ -316,32 +317,110 @@ def measure_acquisition(
     ------
     ValueError : bad shapes, a frame count not divisible into ``n_angles`` × ≥ 3 phases, no noise band.
     """
+    m = Measurement(optics={"na": na, "wavelength_nm": wavelength_nm, "pixel_nm": pixel_nm,
+                            "otf_cutoff": _clean(otf_cutoff_cycles_per_px(na, wavelength_nm, pixel_nm)),
+                            "otf": "measured" if otf is not None else "airy"},
+                    block=block, margin=margin, tile=tile)
+    x = _frames_4d(frames, n_angles)
+    m.shape = list(x.shape)
+    cutoff = otf_cutoff_cycles_per_px(na, wavelength_nm, pixel_nm)
+    blind = estimate_pattern_blind(x, n_angles, cutoff, period_hint=period_hint, otf=otf)
+    m.notes += list(blind.messages)
+    m.pattern = blind.as_dict() | {"weak": np.flatnonzero(blind.weak).tolist()}
+    clipped = _clipped_pixels(x, m)
+    camera = _camera_lines(x, n_angles, cutoff, margin, block, clipped, m)
+    _offsets(camera, offset, read_noise_e, m)
+    _photons(x, n_angles, cutoff, margin, tile, camera, offset, read_noise_e, m)
+    return m.as_dict()
+
+
+@dataclass
+class Measurement:
+    """One acquisition's measurement, filled in by the named steps of :func:`measure_acquisition`
+    (``notes``: what the user should know, in the order found)."""
+
+    optics: dict[str, Any]
+    block: int
+    margin: float
+    tile: int
+    shape: list[int] = field(default_factory=list)
+    pattern: dict[str, Any] = field(default_factory=dict)
+    clipped_fraction: float = 0.0
+    photon_transfer: dict[str, Any] = field(default_factory=dict)
+    gain: float = math.nan
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    offset_source: str = ""
+    read_noise: float = math.nan
+    read_source: str = ""
+    background_adu: float = math.nan
+    background_e: float = math.nan
+    photons: float = math.nan
+    photons_tiles: list[float | None] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe (module docstring of :func:`measure_acquisition`)."""
+        return {
+            "version": MEASURE_VERSION, "shape": self.shape, "optics": self.optics, "pattern": self.pattern,
+            "photon_transfer": self.photon_transfer,
+            "gain_adu_per_e": _clean(self.gain),
+            "offset_adu": _clean(float(np.mean(self.offsets))),
+            "offset_source": self.offset_source,
+            "read_noise_e": _clean(self.read_noise),
+            "read_noise_source": self.read_source,
+            "background_adu": _clean(self.background_adu),
+            "background_photons": _clean(self.background_e),
+            "dark_variance_e2": _clean(self.background_e + self.read_noise**2),
+            "photons": _clean(self.photons),
+            "photons_tiles": [_clean(v) for v in self.photons_tiles if v is not None],
+            "tile": self.tile,
+            "clipped_fraction": _clean(self.clipped_fraction, 4),
+            "warnings": self.notes,
+        }
+
+
+class _CameraLines(NamedTuple):
+    """The photon-transfer lines of the angles and what is used of them: per angle ``gains`` and
+    zero-read-noise offsets ``zero_read`` (pooled unless the angles disagree), with their errors."""
+
+    lines: list
+    gains: np.ndarray
+    zero_read: np.ndarray
+    offset_se: np.ndarray
+
+
+def _frames_4d(frames: np.ndarray, n_angles: int) -> np.ndarray:
     x = np.asarray(frames, np.float64)
     x = x[None] if x.ndim == 3 else x
     if x.ndim != 4:
         raise ValueError(f"frames must be (T, F, H, W) or (F, H, W), got shape {np.shape(frames)}")
-    t, f, h, w = x.shape
+    f = x.shape[1]
     if f % n_angles or f // n_angles < 3:
         raise ValueError(f"{f} frames do not split into n_angles={n_angles} angles of >= 3 phases")
-    p = f // n_angles
-    cutoff = otf_cutoff_cycles_per_px(na, wavelength_nm, pixel_nm)
-    notes: list[str] = []
+    return x
 
-    blind = estimate_pattern_blind(x, n_angles, cutoff, period_hint=period_hint, otf=otf)
-    notes += list(blind.messages)
 
-    # Pixels at the stack's extreme values are clipped (saturated, or floored at 0): their blocks
-    # would break the photon-transfer line. Continuous data hit each extreme once: harmless.
+def _clipped_pixels(x: np.ndarray, m: Measurement) -> np.ndarray:
+    """Pixels at the stack's extreme values are clipped (saturated, or floored at 0): their blocks
+    would break the photon-transfer line. Continuous data hit each extreme once: harmless."""
     lo_val, hi_val = float(x.min()), float(x.max())
     clipped = (x <= lo_val) | (x >= hi_val)
-    clipped_fraction = float(clipped.mean())
-    if clipped_fraction > _CLIP_FRACTION:
-        notes.append(f"{100 * clipped_fraction:.2f}% of the pixels sit at the extreme values "
-                        f"{lo_val:g} / {hi_val:g} (clipped or saturated): their blocks are left out of "
-                        "the photon-transfer fit and the photon numbers there are too low")
+    m.clipped_fraction = float(clipped.mean())
+    if m.clipped_fraction > _CLIP_FRACTION:
+        m.notes.append(f"{100 * m.clipped_fraction:.2f}% of the pixels sit at the extreme values "
+                       f"{lo_val:g} / {hi_val:g} (clipped or saturated): their blocks are left out of "
+                       "the photon-transfer fit and the photon numbers there are too low")
+    return clipped
 
-    # One photon-transfer line per angle: a file rescaled angle by angle (seen on rDL-SIM's MT.mrc)
-    # has its own gain and offset per angle; a plain camera gives the same line for all.
+
+def _camera_lines(x: np.ndarray, n_angles: int, cutoff: float, margin: float, block: int,
+                  clipped: np.ndarray, m: Measurement) -> _CameraLines:
+    """One photon-transfer line per angle: a file rescaled angle by angle (seen on rDL-SIM's
+    MT.mrc) has its own gain and offset per angle; a plain camera gives the same line for all.
+    The angles' lines are pooled (inverse-variance weights) unless they disagree beyond 3
+    standard errors; then each angle's photon numbers use its own line."""
+    t, f, h, w = x.shape
+    p = f // n_angles
     lines = []
     for a in range(n_angles):
         sl = slice(a * p, (a + 1) * p)
@@ -360,46 +439,70 @@ def measure_acquisition(
                           for j in [np.array([ln.intercept / ln.gain**2, -1.0 / ln.gain])]])
     gain, gain_chi2 = _pool(gains, gain_se)
     zero_read_pooled, offset_chi2 = _pool(zero_read, offset_se)
-    # One camera gives one line: the angles' lines are pooled (inverse-variance weights) unless
-    # they disagree beyond 3 standard errors, as on a file rescaled angle by angle (rDL-SIM's
-    # MT.mrc); then each angle's photon numbers use its own line.
     per_angle = max(gain_chi2, offset_chi2) > 9.0
     if per_angle:
-        notes.append(f"the angles' photon-transfer lines disagree beyond their errors (gains "
-                     f"{', '.join(f'{g:.4g}' for g in gains)} ADU/e-, zero-read-noise offsets "
-                     f"{', '.join(f'{o:.4g}' for o in zero_read)} ADU): file rescaled angle by angle? "
-                     "Each angle's photon numbers use its own line")
+        m.notes.append(f"the angles' photon-transfer lines disagree beyond their errors (gains "
+                       f"{', '.join(f'{g:.4g}' for g in gains)} ADU/e-, zero-read-noise offsets "
+                       f"{', '.join(f'{o:.4g}' for o in zero_read)} ADU): file rescaled angle by angle? "
+                       "Each angle's photon numbers use its own line")
     else:
         gains, zero_read = np.full(n_angles, gain), np.full(n_angles, zero_read_pooled)
     rel_se = float(np.max(gain_se / gains))
     if rel_se > _GAIN_REL_SE_MAX:
-        notes.append(f"photon-transfer gain uncertain (relative standard error up to {100 * rel_se:.0f}%): "
-                     "too little signal range or too few pixels; photon numbers are as uncertain")
+        m.notes.append(f"photon-transfer gain uncertain (relative standard error up to {100 * rel_se:.0f}%): "
+                       "too little signal range or too few pixels; photon numbers are as uncertain")
     whiteness = float(np.mean([ln.whiteness for ln in lines]))
     if abs(whiteness - 1.0) > _WHITENESS_TOL:
-        notes.append(f"the noise spectrum beyond the OTF cut-off is not flat (outer/inner power "
-                     f"{whiteness:.2f}): the file was filtered or resampled, or the NA is too low; "
-                     "gain and photon numbers are unreliable")
+        m.notes.append(f"the noise spectrum beyond the OTF cut-off is not flat (outer/inner power "
+                       f"{whiteness:.2f}): the file was filtered or resampled, or the NA is too low; "
+                       "gain and photon numbers are unreliable")
     chi2 = float(np.mean([ln.reduced_chi2 for ln in lines]))
+    m.gain = gain
+    m.photon_transfer = {
+        "gain_adu_per_e": [_clean(v) for v in line_gains], "gain_se": [_clean(v) for v in gain_se],
+        "zero_read_offset_adu": [_clean(v) for v in line_zero_read],
+        "intercept_adu2": [_clean(ln.intercept) for ln in lines],
+        "intercept_se": [_clean(ln.intercept_se) for ln in lines],
+        "offset_adu": None, "offset_se": [_clean(v) for v in offset_se],
+        "reduced_chi2": _clean(chi2, 4), "gain_chi2": _clean(gain_chi2, 4),
+        "offset_chi2": _clean(offset_chi2, 4), "per_angle": bool(per_angle),
+        "whiteness": _clean(whiteness, 4), "n_blocks": int(sum(ln.n_blocks for ln in lines)),
+        "n_used": int(sum(ln.n_used for ln in lines)), "block": block, "margin": margin,
+        "mean_range_adu": [_clean(min(ln.mean_range[0] for ln in lines)),
+                           _clean(max(ln.mean_range[1] for ln in lines))]}
+    return _CameraLines(lines, gains, zero_read, offset_se)
 
+
+def _offsets(camera: _CameraLines, offset: float | None, read_noise_e: float, m: Measurement) -> None:
+    """The camera offset per angle and the read noise: the given offset and the read noise it
+    implies (``r² = (o − o₀)/g``, ``o₀`` the zero-read-noise offset), or the offset the assumed
+    read noise implies."""
+    gains, zero_read, n_angles = camera.gains, camera.zero_read, len(camera.gains)
     if offset is not None:
-        offsets = np.full(n_angles, float(offset))
-        offset_source = "given"
-        # r² = (c + g·o)/g² = (o − o₀)/g with o₀ the zero-read-noise offset.
-        read_var = (offsets - zero_read) / gains
-        if (read_var < -3.0 * offset_se / gains).any():
-            notes.append(f"the given offset {offset:g} ADU implies a negative read-noise variance "
-                         f"({', '.join(f'{v:.3g}' for v in read_var)} e-²): the offset is too low")
-        read_noise = float(math.sqrt(max(float(np.mean(read_var)), 0.0)))
-        read_source = "photon-transfer intercept with the given offset"
+        m.offsets = np.full(n_angles, float(offset))
+        m.offset_source = "given"
+        read_var = (m.offsets - zero_read) / gains
+        if (read_var < -3.0 * camera.offset_se / gains).any():
+            m.notes.append(f"the given offset {offset:g} ADU implies a negative read-noise variance "
+                           f"({', '.join(f'{v:.3g}' for v in read_var)} e-²): the offset is too low")
+        m.read_noise = float(math.sqrt(max(float(np.mean(read_var)), 0.0)))
+        m.read_source = "photon-transfer intercept with the given offset"
     else:
-        offsets = zero_read + gains * read_noise_e**2
-        offset_source = (f"photon-transfer intercept with the read noise assumed {read_noise_e:g} e- "
-                         "(the offset's lower bound if 0)")
-        read_noise = float(read_noise_e)
-        read_source = "assumed (offset unknown)"
+        m.offsets = zero_read + gains * read_noise_e**2
+        m.offset_source = (f"photon-transfer intercept with the read noise assumed {read_noise_e:g} e- "
+                           "(the offset's lower bound if 0)")
+        m.read_noise = float(read_noise_e)
+        m.read_source = "assumed (offset unknown)"
+    m.photon_transfer["offset_adu"] = [_clean(v) for v in m.offsets]
 
-    # Expected electrons of every frame: signal band only, each angle on its own line.
+
+def _photons(x: np.ndarray, n_angles: int, cutoff: float, margin: float, tile: int, camera: _CameraLines,
+             offset: float | None, read_noise_e: float, m: Measurement) -> None:
+    """Expected electrons of every frame (signal band only, each angle on its own line), the
+    background level, and the photons on structure (whole field and per tile)."""
+    t, f, h, w = x.shape
+    p = f // n_angles
+    gains, offsets = camera.gains, m.offsets
     electrons = _signal_band(x.reshape(-1, h, w), cutoff, margin).reshape(t, f, h, w)
     for a in range(n_angles):
         electrons[:, a * p:(a + 1) * p] = (electrons[:, a * p:(a + 1) * p] - offsets[a]) / gains[a]
@@ -408,50 +511,19 @@ def measure_acquisition(
     background = np.percentile(widefield.reshape(t, -1), _BACKGROUND_PERCENTILE, axis=1)  # (T,)
     signal = electrons - background[:, None, None, None]
     photons_t = [_structure_photons(signal[i]) for i in range(t)]
-    photons_tiles = [_structure_photons(signal[i, :, y:y + th, xx:xx + tw])
-                     for i in range(t) for y, xx, th, tw in _tiles(h, w, tile)]
+    m.photons_tiles = [_structure_photons(signal[i, :, y:y + th, xx:xx + tw])
+                       for i in range(t) for y, xx, th, tw in _tiles(h, w, tile)]
     if any(v is None for v in photons_t):
-        notes.append("no signal above the background in some time point: photons undefined there")
+        m.notes.append("no signal above the background in some time point: photons undefined there")
     found = [v for v in photons_t if v is not None]
-    photons = float(np.mean(found)) if found else float("nan")
+    m.photons = float(np.mean(found)) if found else float("nan")
     bg_mean = float(background.mean())
     if bg_mean < 0:  # pixels may dip below the offset through noise; the smoothed level may not
-        notes.append(f"background {bg_mean:.3g} e- is negative: " + (
+        m.notes.append(f"background {bg_mean:.3g} e- is negative: " + (
             f"the given offset {offset:g} ADU is too high, or the camera is not linear" if offset is not None
             else f"the assumed read noise {read_noise_e:g} e- exceeds the dark level's noise: lower it"))
-
-    return {
-        "version": MEASURE_VERSION,
-        "shape": [t, f, h, w],
-        "optics": {"na": na, "wavelength_nm": wavelength_nm, "pixel_nm": pixel_nm,
-                   "otf_cutoff": _clean(cutoff), "otf": "measured" if otf is not None else "airy"},
-        "pattern": blind.as_dict() | {"weak": np.flatnonzero(blind.weak).tolist()},
-        "photon_transfer": {
-            "gain_adu_per_e": [_clean(v) for v in line_gains], "gain_se": [_clean(v) for v in gain_se],
-            "zero_read_offset_adu": [_clean(v) for v in line_zero_read],
-            "intercept_adu2": [_clean(ln.intercept) for ln in lines],
-            "intercept_se": [_clean(ln.intercept_se) for ln in lines],
-            "offset_adu": [_clean(v) for v in offsets], "offset_se": [_clean(v) for v in offset_se],
-            "reduced_chi2": _clean(chi2, 4), "gain_chi2": _clean(gain_chi2, 4),
-            "offset_chi2": _clean(offset_chi2, 4), "per_angle": bool(per_angle),
-            "whiteness": _clean(whiteness, 4), "n_blocks": int(sum(ln.n_blocks for ln in lines)),
-            "n_used": int(sum(ln.n_used for ln in lines)), "block": block, "margin": margin,
-            "mean_range_adu": [_clean(min(ln.mean_range[0] for ln in lines)),
-                               _clean(max(ln.mean_range[1] for ln in lines))]},
-        "gain_adu_per_e": _clean(gain),
-        "offset_adu": _clean(float(np.mean(offsets))),
-        "offset_source": offset_source,
-        "read_noise_e": _clean(read_noise),
-        "read_noise_source": read_source,
-        "background_adu": _clean(float(np.mean(offsets + gains * bg_mean))),
-        "background_photons": _clean(bg_mean),
-        "dark_variance_e2": _clean(bg_mean + read_noise**2),
-        "photons": _clean(photons),
-        "photons_tiles": [_clean(v) for v in photons_tiles if v is not None],
-        "tile": tile,
-        "clipped_fraction": _clean(clipped_fraction, 4),
-        "warnings": notes,
-    }
+    m.background_e = bg_mean
+    m.background_adu = float(np.mean(offsets + gains * bg_mean))
 
 
 # ----------------------------------------------------------------------------------------------
