@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from simuq_core.config import ModelParams, UQParams
-from simuq_core.network.simnet import SIMNet, airy_prior, model_psf_size
+from simuq_core.network.simnet import SIMNet, SIMNetConfig, airy_prior, model_psf_size
 from simuq_core.pattern.estimate import PATTERN_KEYS, PatternEstimate
 from simuq_core.uncertainty.propagation import (
     ObsNoiseParams,
@@ -68,14 +68,12 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
         p = init_obs_noise_params(_OBS_A0, _OBS_B0)
         obs_raw = (float(p.a_raw), float(p.b_raw))
     lp = model.light_pattern
-    return SIMNet(
+    cfg = SIMNetConfig(
         n_frames=n_frames,
         rescale=model.rescale,
         width=model.width,
         depth=model.depth,
         psf_size=size,
-        psf_prior=airy_prior(model.optics.na, model.optics.wavelength_nm,
-                             spec["model_pixel_nm"], size),
         uq_targets=tuple(uq.targets),
         obs_map=uq.obs_noise == "poisson_gaussian_map",
         obs_map_residual=uq.obs_map_window > 0,
@@ -97,8 +95,9 @@ def build_model(model: ModelParams, uq: UQParams, n_frames: int, seed: int) -> S
         logvar_init=uq.logvar_init,
         dropout=model.dropout,
         dropout_at=tuple(model.dropout_at),
-        rngs=nnx.Rngs(seed),
     )
+    prior = airy_prior(model.optics.na, model.optics.wavelength_nm, spec["model_pixel_nm"], size)
+    return SIMNet(cfg, prior, rngs=nnx.Rngs(seed))
 
 
 def estimate_patterns(model: SIMNet, x: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:

@@ -35,6 +35,7 @@ in :data:`BACKBONES` with the same ``(B, H, W, C) -> features, bottleneck`` cont
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import jax
@@ -46,7 +47,8 @@ from simuq_core.baselines.wiener_jax import wiener_sim_jax
 from simuq_core.optics.imaging import airy_psf, default_psf_size
 from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
 
-__all__ = ["BACKBONES", "DROPOUT_SITES", "SIMNet", "UNET_UPSAMPLERS", "UNet", "model_psf_size"]
+__all__ = ["BACKBONES", "DROPOUT_SITES", "LIGHT_PATTERNS", "PSF_MODES", "UNET_UPSAMPLERS", "UPSAMPLERS", "SIMNet",
+           "SIMNetConfig", "UNet", "model_psf_size"]
 
 # Where MC dropout can mask features (``SIMNet(dropout_at=...)``): ``feats`` the U-Net output
 # (camera grid), ``bottleneck`` the input of the pooled (pattern, PSF) and background heads, ``hr``
@@ -163,7 +165,6 @@ def _depth_to_space(x: jax.Array, r: int) -> jax.Array:
     return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
 
 
-UPSAMPLERS = ("icnr", "pixel_shuffle", "resize_conv")
 
 
 def icnr_init(base_init=None, r: int = 2):
@@ -205,140 +206,221 @@ def model_psf_size(optics_na: float, wavelength_nm: float, model_pixel_nm: float
     return configured or default_psf_size(optics_na, wavelength_nm, model_pixel_nm)
 
 
+@dataclass(frozen=True)
+class SIMNetConfig:
+    """Everything that shapes a :class:`SIMNet` (built from params by
+    :func:`simuq_core.network.forward.build_model`).
+
+    Geometry: ``n_frames``, ``rescale`` (model grid / camera grid), ``width``, ``depth`` (U-Net),
+    ``psf_size`` (taps). Choices, each a key of a registry: ``backbone`` (:data:`BACKBONES`),
+    ``upsample`` (:data:`UPSAMPLERS`, camera grid -> model grid), ``unet_upsample``
+    (:data:`UNET_UPSAMPLERS`), ``lp_mode`` (:data:`LIGHT_PATTERNS`), ``psf_mode``
+    (:data:`PSF_MODES`). Uncertainty: ``uq_targets`` (components with a log-variance head),
+    ``logvar_bias`` (their starting bias), ``logvar_init`` (the bounded log-variance it gives),
+    ``obs_map`` / ``obs_map_residual`` (the camera-noise map head and its residual-energy input),
+    ``obs_noise_raw`` (starting Poisson-Gaussian coefficients, or ``None``), ``dropout`` /
+    ``dropout_at`` (MC dropout). Inputs: ``wiener_input`` / ``wiener_w`` (the classical Wiener
+    image as extra input). Pattern: ``n_angles``, ``otf_cutoff`` (cycles per camera px),
+    ``k_range`` (the search band), ``modulation_init``.
+    """
+
+    n_frames: int
+    rescale: int
+    width: int
+    depth: int
+    psf_size: int
+    uq_targets: tuple[str, ...]
+    obs_map: bool
+    logvar_bias: float
+    obs_map_residual: bool = False
+    background: bool = True
+    psf_mode: str = "per_sample"
+    obs_noise_raw: tuple[float, float] | None = None
+    backbone: str = "unet"
+    upsample: str = "icnr"
+    unet_upsample: str = "transpose"
+    wiener_input: bool = False
+    wiener_w: float = 0.05
+    lp_mode: str = "free"
+    n_angles: int = 3
+    otf_cutoff: float = 0.33
+    k_range: tuple[float, float] = (0.08, 0.45)
+    modulation_init: float = 0.8
+    logvar_init: float = -4.0
+    dropout: float = 0.0
+    dropout_at: tuple[str, ...] = ("feats", "bottleneck", "hr")
+
+    def validate(self) -> None:
+        """A :class:`ValueError` naming the first impossible choice."""
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        unknown = set(self.dropout_at) - set(DROPOUT_SITES)
+        if unknown or not self.dropout_at:
+            raise ValueError(f"dropout_at must be a non-empty subset of {DROPOUT_SITES}, got {self.dropout_at}")
+        for name, value, registry in (("backbone", self.backbone, BACKBONES), ("upsample", self.upsample, UPSAMPLERS),
+                                      ("lp_mode", self.lp_mode, LIGHT_PATTERNS),
+                                      ("psf_mode", self.psf_mode, PSF_MODES)):
+            if value not in registry:
+                raise ValueError(f"{name} must be one of {tuple(registry)}, got {value!r}")
+        if self.lp_mode == "parametric" and self.n_frames % self.n_angles:
+            raise ValueError(f"{self.n_frames} frames do not split into n_angles={self.n_angles}")
+
+
+# -- registries of the parts a config chooses -------------------------------------------------
+# Each builder sets the part's parameters on the network, in a fixed order: parameter
+# initialisation draws keys from one ``nnx.Rngs`` stream, so the order of construction is part
+# of what makes a seed reproduce a model.
+
+
+def _subpixel_conv(icnr: bool):
+    def build(cfg: SIMNetConfig, rngs: nnx.Rngs) -> nnx.Conv:
+        init = icnr_init(r=cfg.rescale) if icnr else nnx.initializers.lecun_normal()
+        return nnx.Conv(cfg.width, cfg.width * cfg.rescale**2, (3, 3), kernel_init=init, rngs=rngs)
+    return build
+
+
+def _resize_conv(cfg: SIMNetConfig, rngs: nnx.Rngs) -> nnx.Conv:
+    # Resize-convolution (Odena et al. 2016): bilinear upsampling, then a 3×3 convolution.
+    return nnx.Conv(cfg.width, cfg.width, (3, 3), rngs=rngs)
+
+
+def _shuffle_forward(conv: nnx.Conv, feats: jax.Array, r: int) -> jax.Array:
+    return _depth_to_space(nnx.gelu(conv(feats)), r)
+
+
+def _resize_forward(conv: nnx.Conv, feats: jax.Array, r: int) -> jax.Array:
+    b, h, w, c = feats.shape
+    return nnx.gelu(conv(jax.image.resize(feats, (b, r * h, r * w, c), "linear")))
+
+
+#: camera grid -> model grid: name -> (builder of the convolution, forward pass through it)
+UPSAMPLERS: dict[str, tuple[Callable, Callable]] = {
+    "icnr": (_subpixel_conv(icnr=True), _shuffle_forward),
+    "pixel_shuffle": (_subpixel_conv(icnr=False), _shuffle_forward),
+    "resize_conv": (_resize_conv, _resize_forward),
+}
+
+
+def _free_pattern_heads(net: SIMNet, cfg: SIMNetConfig, cb: int, rngs: nnx.Rngs) -> None:
+    net.lp_head = nnx.Conv(cfg.width, cfg.n_frames, (1, 1), kernel_init=nnx.initializers.normal(1e-2), rngs=rngs)
+    net.pattern_hidden = net.modulation_head = None
+
+
+def _parametric_pattern_heads(net: SIMNet, cfg: SIMNetConfig, cb: int, rngs: nnx.Rngs) -> None:
+    net.lp_head = None
+    net.pattern_hidden = nnx.Linear(cb, 64, rngs=rngs)
+    m0 = float(np.log(cfg.modulation_init / (1.0 - cfg.modulation_init)))
+    net.modulation_head = nnx.Linear(64, cfg.n_angles, kernel_init=nnx.initializers.zeros,
+                                     bias_init=nnx.initializers.constant(m0), rngs=rngs)
+
+
+def _free_pattern_logvar(net: SIMNet, cfg: SIMNetConfig, rngs: nnx.Rngs) -> None:
+    net.lp_logvar_head = (_LogvarHead(cfg.width, cfg.n_frames, cfg.logvar_bias, rngs=rngs)
+                          if "lp" in cfg.uq_targets else None)
+    net.pattern_logvar_head = None
+
+
+def _parametric_pattern_logvar(net: SIMNet, cfg: SIMNetConfig, rngs: nnx.Rngs) -> None:
+    # Per angle, log-variances of phase (rad²), modulation and |k| ((cycles/px)²); the wave-vector
+    # term starts at the phase term's size 8 camera pixels from the centre.
+    net.lp_logvar_head = None
+    if "lp" not in cfg.uq_targets:
+        net.pattern_logvar_head = None
+        return
+    k0 = cfg.logvar_init - float(np.log(4.0 * np.pi**2 * 8.0**2))
+    bias = np.tile(np.asarray([cfg.logvar_init, cfg.logvar_init, k0], np.float32), cfg.n_angles)
+    net.pattern_logvar_head = nnx.Linear(64 + cfg.n_angles, 3 * cfg.n_angles,
+                                         kernel_init=nnx.initializers.normal(1e-3),
+                                         bias_init=lambda *_: jnp.asarray(bias), rngs=rngs)
+
+
+#: light pattern: mode -> (builder of the mean heads, builder of the log-variance heads)
+LIGHT_PATTERNS: dict[str, tuple[Callable, Callable]] = {
+    "free": (_free_pattern_heads, _free_pattern_logvar),
+    "parametric": (_parametric_pattern_heads, _parametric_pattern_logvar),
+}
+
+
+def _per_sample_psf(net: SIMNet, cfg: SIMNetConfig, cb: int, prior_logits: np.ndarray, rngs: nnx.Rngs) -> None:
+    net.psf_hidden = nnx.Linear(cb, 64, rngs=rngs)
+    net.psf_head = nnx.Linear(64, cfg.psf_size**2, kernel_init=nnx.initializers.zeros,
+                              bias_init=lambda *_: jnp.asarray(prior_logits.ravel()), rngs=rngs)
+
+
+def _shared_psf(net: SIMNet, cfg: SIMNetConfig, cb: int, prior_logits: np.ndarray, rngs: nnx.Rngs) -> None:
+    net.psf_logits = nnx.Param(jnp.asarray(prior_logits))
+
+
+#: PSF: mode -> builder of its parameters (``per_sample``: a head on the pooled bottleneck;
+#: ``shared``: one PSF for the dataset)
+PSF_MODES: dict[str, Callable] = {"per_sample": _per_sample_psf, "shared": _shared_psf}
+
+
 class SIMNet(nnx.Module):
     """The physics-informed SIM network (module docstring). Call with ``(B, F, H, W)``."""
 
-    def __init__(
-        self,
-        *,
-        n_frames: int,
-        rescale: int,
-        width: int,
-        depth: int,
-        psf_size: int,
-        psf_prior: np.ndarray,
-        uq_targets: tuple[str, ...],
-        obs_map: bool,
-        logvar_bias: float,
-        obs_map_residual: bool = False,
-        background: bool = True,
-        psf_mode: str = "per_sample",
-        obs_noise_raw: tuple[float, float] | None = None,
-        backbone: str = "unet",
-        upsample: str = "icnr",
-        unet_upsample: str = "transpose",
-        wiener_input: bool = False,
-        wiener_w: float = 0.05,
-        lp_mode: str = "free",
-        n_angles: int = 3,
-        otf_cutoff: float = 0.33,
-        k_range: tuple[float, float] = (0.08, 0.45),
-        modulation_init: float = 0.8,
-        logvar_init: float = -4.0,
-        dropout: float = 0.0,
-        dropout_at: tuple[str, ...] = ("feats", "bottleneck", "hr"),
-        rngs: nnx.Rngs,
-    ):
-        if psf_prior.shape != (psf_size, psf_size):
-            raise ValueError(f"psf_prior shape {psf_prior.shape} != ({psf_size}, {psf_size})")
-        self.n_frames, self.rescale, self.psf_size = n_frames, rescale, psf_size
-        self.uq_targets = tuple(uq_targets)
-        self.psf_mode = psf_mode
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        unknown = set(dropout_at) - set(DROPOUT_SITES)
-        if unknown or not dropout_at:
-            raise ValueError(f"dropout_at must be a non-empty subset of {DROPOUT_SITES}, got {dropout_at}")
+    def __init__(self, cfg: SIMNetConfig, psf_prior: np.ndarray, *, rngs: nnx.Rngs):
+        cfg.validate()
+        if psf_prior.shape != (cfg.psf_size, cfg.psf_size):
+            raise ValueError(f"psf_prior shape {psf_prior.shape} != ({cfg.psf_size}, {cfg.psf_size})")
+        self.n_frames, self.rescale, self.psf_size = cfg.n_frames, cfg.rescale, cfg.psf_size
+        self.uq_targets, self.psf_mode = tuple(cfg.uq_targets), cfg.psf_mode
         # MC dropout (epistemic uncertainty, :mod:`simuq_core.uncertainty.epistemic`): a key passed to
         # ``__call__`` drops the features of the ``dropout_at`` sites (:data:`DROPOUT_SITES`) at
         # this rate; without a key the network is deterministic (the mean network, what
         # ``predict`` runs by default).
-        self.dropout = float(dropout)
-        self.dropout_at = tuple(site for site in DROPOUT_SITES if site in dropout_at)
+        self.dropout = float(cfg.dropout)
+        self.dropout_at = tuple(site for site in DROPOUT_SITES if site in cfg.dropout_at)
         # With ``wiener_input`` the network also reads the classical Wiener SIM image of its input
         # (:func:`simuq_core.baselines.wiener_jax.wiener_sim_jax`, from the same pattern estimate):
         # on the camera grid as r² space-to-depth channels of the U-Net input, and on the model
         # grid as one more channel of the high-resolution block.
-        self.wiener_input, self.wiener_w = bool(wiener_input), float(wiener_w)
-        extra_lr = rescale**2 if self.wiener_input else 0
-        self.backbone = BACKBONES[backbone](n_frames + extra_lr, width, depth, up=unet_upsample,
-                                            rngs=rngs)
-        cb = self.backbone.bottleneck_features
-        if upsample not in UPSAMPLERS:
-            raise ValueError(f"upsample must be one of {UPSAMPLERS}, got {upsample!r}")
-        self.upsample = upsample
-        if upsample == "resize_conv":
-            # Resize-convolution (Odena et al. 2016): bilinear upsampling, then a 3×3 convolution.
-            self.to_hr = nnx.Conv(width, width, (3, 3), rngs=rngs)
-        else:
-            init = (icnr_init(r=rescale) if upsample == "icnr"
-                    else nnx.initializers.lecun_normal())
-            self.to_hr = nnx.Conv(width, width * rescale**2, (3, 3), kernel_init=init, rngs=rngs)
-        self.hr_block = ConvBlock(width + int(self.wiener_input), width, rngs=rngs)
-        self.emitter_head = nnx.Conv(width, 1, (1, 1), rngs=rngs)
-        if lp_mode not in ("parametric", "free"):
-            raise ValueError(f"lp_mode must be 'parametric' or 'free', got {lp_mode!r}")
-        if lp_mode == "parametric" and n_frames % n_angles:
-            raise ValueError(f"{n_frames} frames do not split into n_angles={n_angles}")
-        self.lp_mode, self.n_angles = lp_mode, n_angles
-        self.modulation_init = float(modulation_init)
-        self.otf_cutoff, self.k_range = float(otf_cutoff), (float(k_range[0]), float(k_range[1]))
-        free = lp_mode == "free"
-        self.lp_head = (nnx.Conv(width, n_frames, (1, 1), kernel_init=nnx.initializers.normal(1e-2),
-                                 rngs=rngs) if free else None)
-        self.pattern_hidden = None if free else nnx.Linear(cb, 64, rngs=rngs)
-        m0 = float(np.log(modulation_init / (1.0 - modulation_init)))
-        self.modulation_head = None if free else nnx.Linear(
-            64, n_angles, kernel_init=nnx.initializers.zeros,
-            bias_init=nnx.initializers.constant(m0), rngs=rngs)
+        self.wiener_input, self.wiener_w = bool(cfg.wiener_input), float(cfg.wiener_w)
+        self.upsample, self.lp_mode, self.n_angles = cfg.upsample, cfg.lp_mode, cfg.n_angles
+        self.modulation_init = float(cfg.modulation_init)
+        self.otf_cutoff, self.k_range = float(cfg.otf_cutoff), (float(cfg.k_range[0]), float(cfg.k_range[1]))
+        cb = self._build_trunk(cfg, rngs)
+        LIGHT_PATTERNS[cfg.lp_mode][0](self, cfg, cb, rngs)
         prior_logits = np.log(np.maximum(psf_prior, 1e-12 * psf_prior.max())).astype(np.float32)
-        k2 = psf_size * psf_size
-        if psf_mode == "per_sample":
-            self.psf_hidden = nnx.Linear(cb, 64, rngs=rngs)
-            self.psf_head = nnx.Linear(64, k2, kernel_init=nnx.initializers.zeros,
-                                       bias_init=lambda *_: jnp.asarray(prior_logits.ravel()),
-                                       rngs=rngs)
-        else:
-            self.psf_logits = nnx.Param(jnp.asarray(prior_logits))
+        PSF_MODES[cfg.psf_mode](self, cfg, cb, prior_logits, rngs)
         self.background_head = (
             nnx.Conv(cb, 1, (1, 1), kernel_init=nnx.initializers.normal(1e-3),
                      bias_init=nnx.initializers.constant(-4.0), rngs=rngs)
-            if background else None
+            if cfg.background else None
         )
-        self.emitter_logvar_head = (
-            _LogvarHead(width, 1, logvar_bias, rngs=rngs) if "emitter" in uq_targets else None
-        )
-        lp_uq = "lp" in uq_targets
-        self.lp_logvar_head = (
-            _LogvarHead(width, n_frames, logvar_bias, rngs=rngs) if lp_uq and lp_mode == "free"
-            else None
-        )
-        # Parametric: per angle, log-variances of phase (rad²), modulation and |k| ((cycles/px)²);
-        # the wave-vector term starts at the phase term's size 8 camera pixels from the centre.
-        k0 = logvar_init - float(np.log(4.0 * np.pi**2 * 8.0**2))
-        bias = np.tile(np.asarray([logvar_init, logvar_init, k0], np.float32), n_angles)
-        self.pattern_logvar_head = (
-            nnx.Linear(64 + n_angles, 3 * n_angles, kernel_init=nnx.initializers.normal(1e-3),
-                       bias_init=lambda *_: jnp.asarray(bias), rngs=rngs)
-            if lp_uq and lp_mode == "parametric" else None
-        )
-        if "psf" in uq_targets:
+        self._build_uncertainty_heads(cfg, cb, rngs)
+
+    def _build_trunk(self, cfg: SIMNetConfig, rngs: nnx.Rngs) -> int:
+        """Backbone, camera -> model grid, the model-grid block and the emitter head; returns the
+        bottleneck's channel count (the pooled heads' input)."""
+        extra_lr = cfg.rescale**2 if self.wiener_input else 0
+        self.backbone = BACKBONES[cfg.backbone](cfg.n_frames + extra_lr, cfg.width, cfg.depth,
+                                                up=cfg.unet_upsample, rngs=rngs)
+        self.to_hr = UPSAMPLERS[cfg.upsample][0](cfg, rngs)
+        self.hr_block = ConvBlock(cfg.width + int(self.wiener_input), cfg.width, rngs=rngs)
+        self.emitter_head = nnx.Conv(cfg.width, 1, (1, 1), rngs=rngs)
+        return self.backbone.bottleneck_features
+
+    def _build_uncertainty_heads(self, cfg: SIMNetConfig, cb: int, rngs: nnx.Rngs) -> None:
+        """A log-variance head for each component in ``uq_targets``, and the camera-noise map."""
+        width, bias = cfg.width, cfg.logvar_bias
+        self.emitter_logvar_head = _LogvarHead(width, 1, bias, rngs=rngs) if "emitter" in cfg.uq_targets else None
+        LIGHT_PATTERNS[cfg.lp_mode][1](self, cfg, rngs)
+        if "psf" in cfg.uq_targets:
             self.psf_logvar_hidden = nnx.Linear(cb, 64, rngs=rngs)
-            self.psf_logvar_head = nnx.Linear(
-                64, k2, kernel_init=nnx.initializers.normal(1e-3),
-                bias_init=nnx.initializers.constant(logvar_bias), rngs=rngs)
+            self.psf_logvar_head = nnx.Linear(64, cfg.psf_size**2, kernel_init=nnx.initializers.normal(1e-3),
+                                              bias_init=nnx.initializers.constant(bias), rngs=rngs)
         else:
             self.psf_logvar_hidden = self.psf_logvar_head = None
         # With ``obs_map_residual`` the head also reads one more channel, the log local residual
         # energy, which needs the mean reconstruction: :func:`simuq_core.network.forward.predict`
         # applies it through :meth:`obs_logvar` after propagating.
-        self.obs_map_residual = bool(obs_map and obs_map_residual)
-        self.obs_logvar_head = (_LogvarHead(width + int(self.obs_map_residual), 1, logvar_bias,
-                                            rngs=rngs) if obs_map else None)
+        self.obs_map_residual = bool(cfg.obs_map and cfg.obs_map_residual)
+        self.obs_logvar_head = (_LogvarHead(width + int(self.obs_map_residual), 1, bias, rngs=rngs)
+                                if cfg.obs_map else None)
         # Unconstrained Poisson-Gaussian coefficients (a_raw, b_raw) of the camera noise model.
-        self.obs_noise_raw = (
-            nnx.Param(jnp.asarray(obs_noise_raw, jnp.float32)) if obs_noise_raw is not None else None
-        )
+        self.obs_noise_raw = (nnx.Param(jnp.asarray(cfg.obs_noise_raw, jnp.float32))
+                              if cfg.obs_noise_raw is not None else None)
 
     def estimate_pattern(self, x: jax.Array) -> PatternEstimate:
         """The classical pattern estimate this network uses for ``x`` ``(B, F, H, W)``."""
@@ -425,11 +507,7 @@ class SIMNet(nnx.Module):
 
     def _to_model_grid(self, feats: jax.Array) -> jax.Array:
         """Camera-grid features ``(B, H, W, C)`` -> model-grid features ``(B, rH, rW, C)``."""
-        r = self.rescale
-        if self.upsample == "resize_conv":
-            b, h, w, c = feats.shape
-            return nnx.gelu(self.to_hr(jax.image.resize(feats, (b, r * h, r * w, c), "linear")))
-        return _depth_to_space(nnx.gelu(self.to_hr(feats)), r)
+        return UPSAMPLERS[self.upsample][1](self.to_hr, feats, self.rescale)
 
     def obs_logvar(self, feats: jax.Array, local_energy: jax.Array) -> jax.Array:
         """Observation-noise log-variance map ``(B, H, W)`` from the camera-grid features
