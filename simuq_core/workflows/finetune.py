@@ -28,6 +28,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from simuq_core.config import FinetuneParams, OpticsPrior, UQParams
+from simuq_core.config import FinetuneParams, OpticsPrior, TrainParams, UQParams
 from simuq_core.evaluation.gtfree import (
     GRID_PERIOD_PX,
     classical_noise_variance,
@@ -212,30 +213,50 @@ def _nanmedian(values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_finetuning(
-    pretrained_model_dir: str | os.PathLike,
-    inputs: Sequence[str],
-    out_dir: str | os.PathLike,
-    params: FinetuneParams,
-    cache_dir: str | os.PathLike,
-    progress: bool = True,
-    devices: list | None = None,
-    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune the model in ``pretrained_model_dir`` on the raw acquisitions matching ``inputs``
-    (globs, files or folders) and save it to ``out_dir`` (module docstring).
+@dataclass
+class _Run:
+    """What every phase of one fine-tuning run shares: the network and its spec, the data (index,
+    regions, crop stream, validation tiles), the training settings and the run's callbacks."""
 
-    ``cache_dir``: the per-acquisition index cache (:func:`~simuq_core.realdata.crops.index_acquisitions`).
-    Returns what is written to ``out_dir/metrics.json``: ``pretrained`` and ``finetuned`` validation
-    metrics (:func:`validate`), the data ``index`` summary (skipped files with their reasons, the
-    pattern of every acquisition) and the training summary.
-    """
-    out_dir = Path(out_dir)
+    pretrained_dir: str
+    out_dir: Path
+    params: FinetuneParams
+    model: nnx.Module
+    spec: dict[str, Any]
+    uq: UQParams
+    optics: OpticsPrior
+    crop: int
+    multiple: int
+    paths: list[Path]
+    index: DataIndex
+    train_regions: list[Region]
+    val_regions: list[Region]
+    stream: CropStream
+    tiles: dict[str, np.ndarray]
+    pixel_nm: float
+    cfg: TrainParams
+    prior: np.ndarray
+    devices: list | None = None
+    progress: bool = True
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None
+
+    def evaluate(self, m: nnx.Module, full: bool) -> dict[str, float]:
+        return validate(m, self.uq, self.tiles, self.index, int(self.spec["model"]["rescale"]), self.pixel_nm,
+                        self.optics.na, self.optics.wavelength_nm, batch_size=self.params.batch_size,
+                        noise_band_margin=self.params.noise_band_margin, full=full)
+
+    def trainer(self, model: nnx.Module, cfg: TrainParams, out_dir: Path, on_rows=None) -> Trainer:
+        return Trainer(model, selfsup_objective(self.uq, cfg, self.prior), cfg, self.stream, out_dir,
+                       evaluator=lambda m: self.evaluate(m, False), devices=self.devices,
+                       progress=self.progress, on_rows=on_rows)
+
+
+def _prepare(pretrained_model_dir, inputs: Sequence[str], out_dir, params: FinetuneParams, cache_dir,
+             **callbacks: Any) -> _Run:
+    """Load the model, index the user's files, split held-out regions, set up the crop stream."""
     model, spec = load_model(pretrained_model_dir)
-    uq = UQParams(**spec["uq"])
     model_cfg = spec["model"]
-    rescale, depth = int(model_cfg["rescale"]), int(model_cfg["depth"])
-    multiple = 2**depth
+    multiple = 2 ** int(model_cfg["depth"])
     n_frames = int(spec["n_frames"])
     n_angles = int(model_cfg["light_pattern"]["n_angles"])
     optics = params.optics or OpticsPrior(**model_cfg["optics"])
@@ -261,58 +282,77 @@ def run_finetuning(
     stream = CropStream(index, train_regions, crop, params.batch_size, params.crops_per_epoch,
                         seed=params.seed, num_threads=params.num_threads, prefetch=params.prefetch)
     tiles = validation_tiles(index, val_regions, params.val_tile, multiple, params.max_val_tiles)
-    pixel_nm = index.pixel_nm or optics.lr_pixel_nm
-    cfg = params.train_params()
     prior = airy_prior(model_cfg["optics"]["na"], model_cfg["optics"]["wavelength_nm"],
                        spec["model_pixel_nm"], spec["psf_size"])
+    return _Run(str(pretrained_model_dir), Path(out_dir), params, model, spec, UQParams(**spec["uq"]), optics,
+                crop, multiple, paths, index, list(train_regions), list(val_regions), stream, tiles,
+                index.pixel_nm or optics.lr_pixel_nm, params.train_params(), prior, **callbacks)
 
-    def evaluate(m: nnx.Module, full: bool) -> dict[str, float]:
-        return validate(m, uq, tiles, index, rescale, pixel_nm, optics.na, optics.wavelength_nm,
-                        batch_size=params.batch_size, noise_band_margin=params.noise_band_margin, full=full)
 
-    before = evaluate(model, True)
+def run_finetuning(
+    pretrained_model_dir: str | os.PathLike,
+    inputs: Sequence[str],
+    out_dir: str | os.PathLike,
+    params: FinetuneParams,
+    cache_dir: str | os.PathLike,
+    progress: bool = True,
+    devices: list | None = None,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune the model in ``pretrained_model_dir`` on the raw acquisitions matching ``inputs``
+    (globs, files or folders) and save it to ``out_dir`` (module docstring).
+
+    ``cache_dir``: the per-acquisition index cache (:func:`~simuq_core.realdata.crops.index_acquisitions`).
+    Returns what is written to ``out_dir/metrics.json``: ``pretrained`` and ``finetuned`` validation
+    metrics (:func:`validate`), the data ``index`` summary (skipped files with their reasons, the
+    pattern of every acquisition) and the training summary.
+    """
+    run = _prepare(pretrained_model_dir, inputs, out_dir, params, cache_dir, devices=devices,
+                   progress=progress, on_rows=on_rows)
+    before = run.evaluate(run.model, True)
     log.info("pre-trained, held-out: %s", {k: round(v, 4) for k, v in before.items()})
-    trainer = Trainer(model, selfsup_objective(uq, cfg, prior), cfg, stream, out_dir,
-                      evaluator=lambda m: evaluate(m, False), devices=devices, progress=progress,
-                      on_rows=on_rows)
-    result = trainer.fit()
-    refit = None
-    if params.var_refit_epochs:
-        refit = _refit_variance(result.model, uq, cfg, prior, stream, out_dir, params, evaluate, devices,
-                                progress, on_rows, offset=result.history[-1] if result.history else {})
+    result = run.trainer(run.model, run.cfg, run.out_dir, on_rows).fit()
+    refit = (_refit_variance(run, result.model, offset=result.history[-1] if result.history else {})
+             if params.var_refit_epochs else None)
     final = refit.model if refit is not None else result.model
-    periods = [p for a in index.acquisitions for p in a.pattern["period_px"]]
-    out_spec = spec | {
-        "mode": "finetune",
-        "train": cfg.model_dump(mode="json"),
-        "train_crop": [crop, crop],
-        "normalisation": NORMALISATION_RULE + " (per acquisition)",
-        "finetune": {"pretrained": str(pretrained_model_dir), "inputs": [str(p) for p in paths],
-                     "params": params.model_dump(mode="json"), "pixel_nm": pixel_nm,
-                     "pattern_period_px_median": float(np.median(periods)),
-                     "pattern_source": "blind full-field estimate per acquisition (raw_data)"},
-    }
-    save_model(final, out_spec, out_dir)
-    try:
-        reference = ood_reference_from_data(final, uq, index, list(train_regions) + list(val_regions),
-                                            crop, multiple, params.batch_size)
-        write_json(out_dir / OOD_REFERENCE_FILE, reference)
-    except ValueError as exc:  # too little data for a reference (e.g. one tiny region)
-        log.warning("no out-of-distribution reference written (%s): predict will not check inputs", exc)
-        reference = {"error": str(exc)}
-    after = evaluate(final, True)
+    reference = _save(run, final)
+    after = run.evaluate(final, True)
     log.info("fine-tuned, held-out: %s", {k: round(v, 4) for k, v in after.items()})
-    metrics = {"pretrained": before, "finetuned": after, "index": index.summary(),
-               "train": {"steps": result.steps, "epochs_run": result.epochs_run, "crop": crop,
-                         "n_train_regions": len(train_regions), "n_val_regions": len(val_regions),
+    metrics = {"pretrained": before, "finetuned": after, "index": run.index.summary(),
+               "train": {"steps": result.steps, "epochs_run": result.epochs_run, "crop": run.crop,
+                         "n_train_regions": len(run.train_regions), "n_val_regions": len(run.val_regions),
                          "final": {k: v for k, v in result.history[-1].items()
                                    if isinstance(v, float | int)} if result.history else {},
                          "var_refit": ({"steps": refit.steps, "epochs_run": refit.epochs_run,
                                         "frozen": _mean_path_prefixes(result.model)}
                                        if refit is not None else None)},
                "ood_reference": {k: v for k, v in reference.items() if k != "input_model"}}
-    write_json(out_dir / "metrics.json", _json_safe(metrics))
+    write_json(run.out_dir / "metrics.json", _json_safe(metrics))
     return metrics
+
+
+def _save(run: _Run, final: nnx.Module) -> dict[str, Any]:
+    """The fine-tuned model with its spec, and its out-of-distribution reference (returned)."""
+    periods = [p for a in run.index.acquisitions for p in a.pattern["period_px"]]
+    out_spec = run.spec | {
+        "mode": "finetune",
+        "train": run.cfg.model_dump(mode="json"),
+        "train_crop": [run.crop, run.crop],
+        "normalisation": NORMALISATION_RULE + " (per acquisition)",
+        "finetune": {"pretrained": run.pretrained_dir, "inputs": [str(p) for p in run.paths],
+                     "params": run.params.model_dump(mode="json"), "pixel_nm": run.pixel_nm,
+                     "pattern_period_px_median": float(np.median(periods)),
+                     "pattern_source": "blind full-field estimate per acquisition (raw_data)"},
+    }
+    save_model(final, out_spec, run.out_dir)
+    try:
+        reference = ood_reference_from_data(final, run.uq, run.index, run.train_regions + run.val_regions,
+                                            run.crop, run.multiple, run.params.batch_size)
+        write_json(run.out_dir / OOD_REFERENCE_FILE, reference)
+    except ValueError as exc:  # too little data for a reference (e.g. one tiny region)
+        log.warning("no out-of-distribution reference written (%s): predict will not check inputs", exc)
+        reference = {"error": str(exc)}
+    return reference
 
 
 def ood_reference_from_data(model: nnx.Module, uq: UQParams, index: DataIndex, regions: Sequence[Region],
@@ -353,17 +393,18 @@ def _mean_path_prefixes(model: nnx.Module) -> list[str]:
     return sorted(t for t in tops if "logvar" not in t and t != "obs_noise_raw")
 
 
-def _refit_variance(model, uq, cfg, prior, stream, out_dir, params, evaluate, devices, progress, on_rows,
-                    offset: dict[str, Any]):
+def _refit_variance(run: _Run, model: nnx.Module, offset: dict[str, Any]):
     """Second phase of :func:`run_finetuning`: only the variance heads train, for
     ``var_refit_epochs`` with a fresh AdamW at ``var_refit_lr``; the mean is frozen.
 
-    Why: joint mean + variance fine-tuning starts from the pre-trained model's misfit of
-    real data (held-out ZMS ~22) and ends over-dispersed on MT.mrc (ZMS 0.4-0.55, camera noise
-    1.6-2.3x the out-of-band estimate) whatever the lr, the steps, mean-first epochs or Adam's
-    b2, although the NLL optimum lies at ~0.4x that variance. A fresh optimiser on the variance
-    alone, after the mean has converged, fits it to the final residual (ZMS 0.94). Rows go
-    to ``out_dir/var_refit/metrics.csv`` and to ``on_rows`` with epochs and steps continued."""
+    Why: joint mean + variance fine-tuning starts from the pre-trained model's large misfit of
+    real data, and Adam's second-moment estimates carry that start: the variance ends
+    over-dispersed whatever the learning rate, the steps, mean-first epochs or Adam's ``b2``,
+    although the likelihood's optimum lies well below it. A fresh optimiser on the variance alone,
+    after the mean has converged, fits it to the final residual (docs/real_data.md has the
+    measurements). Rows go to ``out_dir/var_refit/metrics.csv`` and to ``on_rows`` with epochs
+    and steps continued."""
+    params, cfg = run.params, run.cfg
     frozen = _mean_path_prefixes(model)
     refit_cfg = cfg.model_copy(update={"epochs": params.var_refit_epochs, "lr": params.var_refit_lr,
                                        "warmup_steps": min(cfg.warmup_steps, 2), "mean_first_epochs": 0,
@@ -371,15 +412,13 @@ def _refit_variance(model, uq, cfg, prior, stream, out_dir, params, evaluate, de
     epoch0, step0 = int(offset.get("epoch", -1)) + 1, int(offset.get("step", 0))
 
     def shifted(rows: list[dict[str, Any]]) -> None:
-        on_rows([r | {"epoch": int(r.get("epoch", 0)) + epoch0, "step": int(r.get("step", 0)) + step0}
-                 for r in rows])
+        run.on_rows([r | {"epoch": int(r.get("epoch", 0)) + epoch0, "step": int(r.get("step", 0)) + step0}
+                     for r in rows])
 
     log.info("variance re-fit: %d epochs at lr %g, frozen %s", params.var_refit_epochs,
              params.var_refit_lr, frozen)
-    trainer = Trainer(model, selfsup_objective(uq, refit_cfg, prior), refit_cfg, stream,
-                      out_dir / "var_refit", evaluator=lambda m: evaluate(m, False), devices=devices,
-                      progress=progress, on_rows=shifted if on_rows is not None else None)
-    return trainer.fit()
+    return run.trainer(model, refit_cfg, run.out_dir / "var_refit",
+                       shifted if run.on_rows is not None else None).fit()
 
 
 def _json_safe(obj: Any) -> Any:
