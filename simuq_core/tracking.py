@@ -5,7 +5,8 @@ One MLflow run per trained model. The training stage creates it and stores its i
 run holds params, curves, figures and calibration numbers.
 
 Store: ``MLFLOW_TRACKING_URI`` when set (e.g. a team server), else the embedded SQLite database
-``sqlite:///<repo root>/mlflow.db`` with artifacts under ``<repo root>/mlruns``; the repo root is
+``sqlite:///<repo root>/mlflow.db``; a SQLite store keeps its artifacts in ``mlruns/`` beside its
+database file (``<repo root>/mlruns`` for the default one). The repo root is
 ``DVC_ROOT`` (so ``dvc exp run --temp/--queue`` runs land in the same database) or the cwd.
 
 Failure policy (documented in the README): tracking never costs a result. If the store cannot be
@@ -49,6 +50,15 @@ def tracking_uri(root: Path | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def _sqlite_artifact_root(uri: str) -> str | None:
+    """For an embedded SQLite store, ``mlruns/`` beside its database file (the default store's
+    ``<repo root>/mlruns``; a store elsewhere keeps its artifacts with it); ``None`` (the server's
+    choice) for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
 
 
 def flatten_params(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -160,7 +170,7 @@ def _client_and_experiment(root: Path):
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(EXPERIMENT_NAME)
     if exp is None:
-        location = (root / "mlruns").as_uri() if uri.startswith("sqlite:") else None
+        location = _sqlite_artifact_root(uri)
         try:
             exp_id = client.create_experiment(EXPERIMENT_NAME, artifact_location=location)
         except Exception:  # a parallel stage created it first

@@ -13,7 +13,7 @@ Model (:func:`f32_tol`). float32 rounds each operation with a relative error of 
 - A reduction of ``n`` terms in some order: the worst-case bound ``(n - 1)·u·Σ|t|`` is never
   approached; rounding errors behave like independent zero-mean variables, so the error grows like
   ``√n·u`` times the terms' magnitude (Higham & Mary, SIAM J. Sci. Comput. 41 (2019) A2815: the
-  bound ``λ·√n·u`` holds with probability ≥ 1 − 2·exp(−λ²/2)). Another order of summation gives
+  bound ``λ·√n·u`` fails with a probability that falls like exp(−λ²/2)). Another order of summation gives
   another error of that size. The magnitude used is ``max|ref|``: the outputs of a normalised layer,
   a convolution with a unit-sum kernel or a variance propagation are not smaller than their terms
   by more than an O(1) factor. (For a reduced scalar with strong cancellation, a mean of terms of
@@ -28,7 +28,7 @@ Model (:func:`f32_tol`). float32 rounds each operation with a relative error of 
 - ``safety = 4``: the two paths each carry their own error, which at worst add (2·u = eps), times
   λ = 4. The rest of the estimate is already generous (every term taken at the largest magnitude,
   the stages' errors added linearly), so λ = 4 leaves room for the largest of thousands of values;
-  measured deviations sit one to two orders of magnitude below the tolerance.
+  deviations measured on one x86 machine sat 40× to several 1000× below the tolerance.
 
 So ``tol = 4 · eps · max|ref| · √n_terms · depth``. It is meant for comparisons where the round-off
 is absolute on the array's scale (reductions, convolutions, FFTs, networks); a pure element-wise

@@ -9,6 +9,7 @@ only need *a* trained model of each mode share one per session (:func:`selfsup_r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,24 @@ JAX_CACHE_DIR = os.environ.get("SIMUQ_TEST_CACHE") or os.path.join(
 )
 jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# -- MLflow: a per-session temporary store, never the repository's mlflow.db / mlruns ----------
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory) -> Iterator[Path]:
+    """Every run a test logs goes to a temporary store, not the repository's ``mlflow.db``.
+
+    ``MLFLOW_TRACKING_URI`` points at ``<tmp>/mlflow.db`` for the whole session, so the stages the
+    tests call in-process and the processes they launch (``python -m stages.*``, ``dvc repro``:
+    :func:`tests._pipeline.run` passes the environment on) log there; a SQLite store keeps its
+    artifacts beside its database (:mod:`simuq_core.tracking`). Tests that check the default
+    location (test_tracking.py) or a repository's own store (test_pipeline_e2e.py) override or
+    unset the variable with ``monkeypatch``."""
+    store = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+        yield store
 
 
 @pytest.fixture

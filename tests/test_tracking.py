@@ -102,3 +102,39 @@ def test_compare_builds_one_row_per_run(store):
     table = pd.read_csv(store / "ablation.csv")
     assert set(table["mode"]) == {"selfsup", "sup"}
     assert (table["test_rec_zms"] == 1.01).all()
+
+
+def test_the_test_session_logs_into_a_temporary_store(mlflow_store, tmp_path, monkeypatch):
+    """conftest.py's session store: a run logged with the library's defaults from the repository
+    (no DVC_ROOT, cwd = the repository root) lands, artifacts included, in the temporary store and
+    leaves the repository's mlflow.db and mlruns as they were."""
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.delenv("SIMUQ_TRACKING", raising=False)
+
+    def footprint():
+        return [(p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
+                for p in (repo / "mlflow.db", repo / "mlruns")]
+
+    before = footprint()
+    uri = tracking.tracking_uri()
+    assert uri == f"sqlite:///{mlflow_store / 'mlflow.db'}"
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "note.txt").write_text("hello")
+    with tracking.open_run(model_dir, stage="train_sup", mode="sup", params_hash="x",
+                           new=True) as tr:
+        assert tr.enabled
+        tr.log_metrics({"loss": 1.0})
+        tr.log_artifact(model_dir / "note.txt")
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(tracking.run_id_of(model_dir))
+    assert run.data.metrics["loss"] == 1.0
+    assert Path(urlparse(run.info.artifact_uri).path).is_relative_to(mlflow_store)
+    assert (Path(urlparse(run.info.artifact_uri).path) / "note.txt").is_file()
+    assert footprint() == before

@@ -3,7 +3,9 @@
 The network predicts, for the components chosen by ``uq.targets``, a per-pixel (per-tap for the
 PSF) variance next to each mean. This module carries those variances through
 ``rec_k = block_mean_r(conv_same(e · l_k, p)) [+ bg]`` (:func:`simuq_core.optics.imaging.forward_model`)
-to ``Var(rec)``, adds the observation noise and the floor, and bounds raw log-variances.
+to ``Var(rec)`` and adds the observation noise (the camera's Poisson-Gaussian model) and the floor.
+Raw log-variances are bounded in :mod:`simuq_core.uncertainty.logvar_bounds`; the Monte-Carlo
+reference these rules are checked against is :mod:`simuq_core.uncertainty.monte_carlo`.
 
 Shapes (``r`` = HR pixels per LR pixel, ``Hh = r·H``):
 
@@ -35,8 +37,6 @@ Typical use inside a jitted training step (``r`` and every option must be static
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -55,14 +55,10 @@ from simuq_core.optics.imaging import (
 )
 
 __all__ = [
-    "MonteCarloVariance",
     "ObsNoiseParams",
     "RecVariance",
-    "bound_logvar",
     "init_obs_noise_params",
     "local_residual_energy",
-    "logvar_bias_init",
-    "mc_propagate_rec_variance",
     "obs_noise_coefficients",
     "observation_variance",
     "pooled_latent_variance",
@@ -71,12 +67,10 @@ __all__ = [
     "propagation_options",
     "psf_uncertainty_variance",
     "target_variances",
-    "variance_from_logvar",
 ]
 
 POOL_VAR_MODES = ("exact", "independent")
 OBS_NOISE_MODES = ("none", "poisson_gaussian", "poisson_gaussian_map")
-LOGVAR_BOUND_MODES = ("hard", "soft")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,7 +419,8 @@ def propagation_options(uq: Any) -> dict[str, Any]:
 
     Reads the attributes ``psf_var_weight``, ``pool_var``, ``obs_noise``, ``var_floor`` and
     ``detach_mean_in_var``. ``targets`` is applied with :func:`target_variances`; the log-variance
-    options with :func:`variance_from_logvar` / :func:`logvar_bias_init`; the loss options in
+    options with :func:`~simuq_core.uncertainty.logvar_bounds.variance_from_logvar` /
+    :func:`~simuq_core.uncertainty.logvar_bounds.logvar_bias_init`; the loss options in
     :mod:`simuq_core.training.losses`.
     """
     return {
@@ -457,202 +452,3 @@ def target_variances(
         "var_light_pattern": light_pattern if "lp" in targets else None,
         "var_psf": psf if "psf" in targets else None,
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Log-variance bounds
-# ----------------------------------------------------------------------------------------------
-
-
-def _soft_tail(u: jnp.ndarray, softness: float) -> jnp.ndarray:
-    """``φ(u) = (u + sqrt(u² + 4s²)) / 2`` for ``u ≤ 0``, in the cancellation-free form
-    ``2s² / (sqrt(u² + 4s²) − u)`` (``φ(0) = s``, ``φ(u) ≈ s²/|u|`` for ``u → −∞``).
-
-    Arguments are clipped at 0 so the unselected branches of :func:`bound_logvar` stay finite.
-    """
-    u = jnp.where(u > 0.0, 0.0, u)  # not jnp.minimum: its gradient is halved at the tie u = 0
-    c = softness * softness
-    return 2.0 * c / (jnp.sqrt(u * u + 4.0 * c) - u)
-
-
-def _soft_tail_gap(a: jnp.ndarray, gap: float, softness: float) -> jnp.ndarray:
-    """``φ(a) − φ(a − gap)`` for ``a ≤ 0``, ``gap > 0``, without subtracting two small numbers.
-
-    With ``q(u) = sqrt(u² + 4c) − u`` and ``b = a − gap``:
-    ``φ(a) − φ(b) = 2c·gap·(1 − (a + b)/(sqrt(a² + 4c) + sqrt(b² + 4c))) / (q(a)·q(b))``.
-    """
-    a = jnp.where(a > 0.0, 0.0, a)
-    b = a - gap
-    c = softness * softness
-    ra, rb = jnp.sqrt(a * a + 4.0 * c), jnp.sqrt(b * b + 4.0 * c)
-    return 2.0 * c * gap * (1.0 - (a + b) / (ra + rb)) / ((ra - a) * (rb - b))
-
-
-def bound_logvar(
-    x: jnp.ndarray, lo: float, hi: float, mode: str = "soft", softness: float = 0.5
-) -> jnp.ndarray:
-    """Bound a raw log-variance to ``[lo, hi]`` (docs/design.md §2, §4.5).
-
-    ``"hard"``: ``clip(x, lo, hi)`` (the original; zero gradient outside the bounds).
-
-    ``"soft"``: ``y = lo + φ(x − lo) − φ(x − hi)`` with the smooth ReLU
-    ``φ(u) = (u + sqrt(u² + 4s²)) / 2`` (``s = softness``). Then ``lo < y < hi`` strictly,
-    ``dy/dx = φ'(x − lo) − φ'(x − hi) > 0`` everywhere (algebraic tails ``≈ s²(hi − lo)/|x|³``
-    far out, so the gradient does not underflow in float32 the way exponential/sigmoid tails do;
-    the *value* may round onto a bound in float32 for ``|x| ≳ 10³``), and ``y ≈ x`` in
-    the middle: ``|y − x| ≲ s²/d`` at distance ``d`` from the nearer bound. Evaluated piecewise in
-    three algebraically equal forms so no branch suffers cancellation.
-
-    Heads: initialise the bias to :func:`logvar_bias_init` so the *bounded* value starts at
-    ``logvar_init``.
-    """
-    _check_choice("logvar bound mode", mode, LOGVAR_BOUND_MODES)
-    if not lo < hi:
-        raise ValueError(f"need lo < hi, got lo={lo}, hi={hi}")
-    if mode == "hard":
-        return jnp.clip(x, lo, hi)
-    if softness <= 0:
-        raise ValueError(f"softness must be > 0, got {softness}")
-    s = softness
-    lower = lo + _soft_tail_gap(x - lo, hi - lo, s)  # φ(x − lo) − φ(x − hi)
-    middle = x + _soft_tail(lo - x, s) - _soft_tail(x - hi, s)
-    upper = hi - _soft_tail_gap(hi - x, hi - lo, s)  # φ(lo − x) − φ(hi − x) = −gap term
-    return jnp.where(x < lo, lower, jnp.where(x > hi, upper, middle))
-
-
-def variance_from_logvar(
-    raw_logvar: jnp.ndarray, lo: float, hi: float, mode: str = "soft", softness: float = 0.5
-) -> jnp.ndarray:
-    """``exp(bound_logvar(raw_logvar, lo, hi, mode))``, any shape."""
-    return jnp.exp(bound_logvar(raw_logvar, lo, hi, mode, softness))
-
-
-def _soft_bound_np(x: float, lo: float, hi: float, s: float) -> float:
-    def phi(u: float) -> float:
-        return 0.5 * (u + math.sqrt(u * u + 4 * s * s))
-
-    return lo + phi(x - lo) - phi(x - hi)
-
-
-def logvar_bias_init(
-    logvar_init: float, lo: float, hi: float, mode: str = "soft", softness: float = 0.5
-) -> float:
-    """Bias for a log-variance head so that ``bound_logvar(bias, lo, hi, mode) == logvar_init``.
-
-    ``"hard"``: ``logvar_init`` itself (must lie in ``[lo, hi]``). ``"soft"``: the inverse of the
-    soft bound (by bisection in float64; the bound is strictly increasing), which requires
-    ``lo < logvar_init < hi`` strictly since the soft bounds are only approached asymptotically.
-    """
-    _check_choice("logvar bound mode", mode, LOGVAR_BOUND_MODES)
-    if mode == "hard":
-        if not lo <= logvar_init <= hi:
-            raise ValueError(f"logvar_init {logvar_init} outside [{lo}, {hi}]")
-        return float(logvar_init)
-    if not lo < logvar_init < hi:
-        raise ValueError(
-            f"soft bounds are open: logvar_init {logvar_init} must lie strictly in ({lo}, {hi})"
-        )
-    a, b = logvar_init - 1.0, logvar_init + 1.0
-    while _soft_bound_np(a, lo, hi, softness) > logvar_init:
-        a -= 2.0 * (logvar_init - a)
-    while _soft_bound_np(b, lo, hi, softness) < logvar_init:
-        b += 2.0 * (b - logvar_init)
-    for _ in range(200):
-        m = 0.5 * (a + b)
-        if _soft_bound_np(m, lo, hi, softness) < logvar_init:
-            a = m
-        else:
-            b = m
-    return 0.5 * (a + b)
-
-
-# ----------------------------------------------------------------------------------------------
-# Monte-Carlo reference
-# ----------------------------------------------------------------------------------------------
-
-
-class MonteCarloVariance(NamedTuple):
-    """Empirical moments of ``rec`` over latent draws, ``(B, F, H, W)`` each."""
-
-    rec: jnp.ndarray
-    var_rec: jnp.ndarray
-
-
-def _default_chunk(n_samples: int, cap: int = 256) -> int:
-    return max(d for d in range(1, min(n_samples, cap) + 1) if n_samples % d == 0)
-
-
-@functools.partial(jax.jit, static_argnames=("r", "n_samples", "chunk_size"))
-def _mc_moments(key, emitter, light_pattern, psf, var_emitter, var_light_pattern, var_psf,
-                background, *, r, n_samples, chunk_size):
-    def draw(k):
-        k_e, k_l, k_p = jax.random.split(k, 3)
-        e, lp, p = emitter, light_pattern, psf
-        if var_emitter is not None:
-            e = e + jnp.sqrt(var_emitter) * jax.random.normal(k_e, e.shape, e.dtype)
-        if var_light_pattern is not None:
-            lp = lp + jnp.sqrt(var_light_pattern) * jax.random.normal(k_l, lp.shape, lp.dtype)
-        if var_psf is not None:  # one kernel draw per sample, shared by all its pixels and frames
-            p = p + jnp.sqrt(var_psf) * jax.random.normal(k_p, p.shape, p.dtype)
-        return forward_model(e, lp, p, r, background)
-
-    n_chunks = n_samples // chunk_size
-    keys = jax.random.split(key, n_samples)
-    keys = keys.reshape((n_chunks, chunk_size) + keys.shape[1:])
-
-    def step(carry, chunk_keys):
-        # Chan et al. pairwise update: stable mean / M2 accumulation in float32.
-        n_a, mean_a, m2_a = carry
-        recs = jax.vmap(draw)(chunk_keys)
-        mean_b = recs.mean(axis=0, keepdims=True)
-        m2_b = ((recs - mean_b) ** 2).sum(axis=0)
-        mean_b = mean_b[0]
-        n = n_a + chunk_size
-        delta = mean_b - mean_a
-        mean = mean_a + delta * (chunk_size / n)
-        m2 = m2_a + m2_b + delta**2 * (n_a * chunk_size / n)
-        return (n, mean, m2), None
-
-    shape = jax.eval_shape(draw, keys[0, 0])
-    zeros = jnp.zeros(shape.shape, shape.dtype)
-    (_, mean, m2), _ = jax.lax.scan(step, (jnp.zeros((), shape.dtype), zeros, zeros), keys)
-    return mean, m2 / (n_samples - 1)
-
-
-def mc_propagate_rec_variance(
-    key: jax.Array,
-    emitter: jnp.ndarray,
-    light_pattern: jnp.ndarray,
-    psf: jnp.ndarray,
-    r: int,
-    *,
-    var_emitter: jnp.ndarray | None = None,
-    var_light_pattern: jnp.ndarray | None = None,
-    var_psf: jnp.ndarray | None = None,
-    n_samples: int = 1024,
-    chunk_size: int | None = None,
-    background: jnp.ndarray | None = None,
-) -> MonteCarloVariance:
-    """Monte-Carlo reference for the latent part of :func:`propagate_rec_variance`.
-
-    Draws ``e ~ N(μe, Var e)`` and ``l ~ N(μl, Var l)`` independently per pixel and
-    ``p ~ N(μp, Var p)`` independently per tap but *once per draw* (shared by every pixel and frame
-    of a sample, as in the model), runs :func:`simuq_core.optics.imaging.forward_model` and returns the
-    empirical mean and unbiased variance (``/(N − 1)``; relative standard error
-    ``≈ sqrt(2/(N − 1))`` for near-Gaussian ``rec``). Observation noise is not sampled (it is
-    additive and independent, so its variance simply adds).
-
-    Draws are vectorised ``chunk_size`` at a time (``vmap``) inside a ``lax.scan``; ``chunk_size``
-    must divide ``n_samples`` (default: its largest divisor ≤ 256). Shapes as in
-    :func:`propagate_rec_variance`; returns ``(B, F, H, W)`` maps.
-    """
-    if n_samples < 2:
-        raise ValueError(f"need n_samples >= 2, got {n_samples}")
-    chunk_size = _default_chunk(n_samples) if chunk_size is None else chunk_size
-    if n_samples % chunk_size:
-        raise ValueError(f"chunk_size {chunk_size} must divide n_samples {n_samples}")
-    mean, var = _mc_moments(
-        key, emitter, light_pattern, psf, var_emitter, var_light_pattern, var_psf, background,
-        r=r, n_samples=n_samples, chunk_size=chunk_size,
-    )
-    return MonteCarloVariance(mean, var)
