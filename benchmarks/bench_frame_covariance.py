@@ -43,6 +43,8 @@ from simuq_core.optics import imaging as ph  # noqa: E402
 from simuq_core.pattern.estimate import PatternEstimate, pattern_maps, pattern_variance  # noqa: E402
 from simuq_core.training.losses import gaussian_nll  # noqa: E402
 from simuq_core.uncertainty import frame_covariance as fc  # noqa: E402
+from simuq_core.uncertainty import frame_likelihood as fl  # noqa: E402
+from simuq_core.uncertainty import parametric_covariance as pc  # noqa: E402
 from simuq_core.uncertainty import propagation as uq  # noqa: E402
 
 BATCH, LR, R, ANGLES, PHASES, BETA = 8, 32, 2, 3, 3, 0.5
@@ -98,7 +100,7 @@ def full_loss(v, pattern, lp_model: str = "parametric"):
     common = dict(var_emitter=v["var_emitter"], var_psf=v["var_psf"], var_obs=var_obs,
                   var_floor=1e-6)
     if lp_model == "parametric":
-        cov = fc.parametric_residual_covariance(
+        cov = pc.parametric_residual_covariance(
             v["emitter"], pattern, v["modulation"], v["psf"], R, n_phases=PHASES,
             var_phase=v["var_phase"], var_modulation=v["var_modulation"], var_k=v["var_k"], **common)
     else:
@@ -109,7 +111,7 @@ def full_loss(v, pattern, lp_model: str = "parametric"):
             lp_kw = {"lp_jacobian": jac, "lp_param_var": var_q}
         cov = fc.residual_covariance(v["emitter"], lp, v["psf"], R, n_angles=ANGLES, **common,
                                      **lp_kw)
-    return fc.frame_gaussian_nll(v["x"] - rec, cov, beta=BETA)
+    return fl.frame_gaussian_nll(v["x"] - rec, cov, beta=BETA)
 
 
 def main() -> None:

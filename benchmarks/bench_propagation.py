@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from simuq_core.config import UQParams  # noqa: E402
 from simuq_core.optics import imaging as ph  # noqa: E402
 from simuq_core.uncertainty import propagation as uq  # noqa: E402
+from simuq_core.uncertainty.monte_carlo import mc_propagate_rec_variance  # noqa: E402
 
 OUT = REPO / "reports" / "bench" / "propagation.json"
 TARGET_RATIO_VS_FORWARD = 1.5
@@ -134,7 +135,7 @@ def bench_geometry(name: str, batch: int, frames: int, lr: int, r: int, psf_size
         )
 
     def monte_carlo(key, e, lp, psf, var_e, var_l, var_p):
-        return uq.mc_propagate_rec_variance(
+        return mc_propagate_rec_variance(
             key, e, lp, psf, r, var_emitter=var_e, var_light_pattern=var_l, var_psf=var_p,
             n_samples=MC_SAMPLES, chunk_size=mc_chunk,
         )

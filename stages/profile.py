@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     header = (f"# params.yaml with profile {profile_path(args.profile).name} applied "
-              f"(python -m stages.profile); the schema: simuq_core/config.py\n")
+              f"(python -m stages.profile); the schema: simuq_core/config/\n")
     write_text(args.out, header + yaml.safe_dump(merged, sort_keys=False, width=100))
     print(f"profile {args.profile}: wrote {args.out}")
     return 0

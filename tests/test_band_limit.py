@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from simuq_core.evaluation.quality import SimBand, sim_band_limit, sim_support
+from simuq_core.evaluation.sim_band import SimBand, sim_band_limit, sim_support
 
 
 def _wave(shape, fy, fx, phase=0.3):

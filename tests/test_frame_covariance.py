@@ -20,6 +20,9 @@ from simuq_core.optics import imaging as ph
 from simuq_core.pattern.estimate import PatternEstimate, pattern_maps, pattern_variance
 from simuq_core.training.losses import gaussian_nll
 from simuq_core.uncertainty import frame_covariance as fc
+from simuq_core.uncertainty import frame_likelihood as fl
+from simuq_core.uncertainty import lr_convolution as lc
+from simuq_core.uncertainty import parametric_covariance as pc
 from simuq_core.uncertainty import propagation as uq
 from tests._tolerance import assert_f32_close
 
@@ -209,20 +212,20 @@ def test_nll_matches_dense_reference_and_diagonal_case():
     rt = np.moveaxis(res, 1, -1)
     ref = 0.5 * (np.einsum("...k,...kj,...j->...", rt, np.linalg.inv(cov), rt)
                  + np.linalg.slogdet(cov)[1])
-    got = fc.frame_gaussian_nll_map(_f32(res), _f32(cov), jitter=0.0, include_const=True)
+    got = fl.frame_gaussian_nll_map(_f32(res), _f32(cov), jitter=0.0, include_const=True)
     np.testing.assert_allclose(got, ref + 0.5 * F * math.log(2 * math.pi), rtol=2e-5, atol=2e-5)
-    np.testing.assert_allclose(fc.frame_gaussian_nll(_f32(res), _f32(cov), jitter=0.0),
+    np.testing.assert_allclose(fl.frame_gaussian_nll(_f32(res), _f32(cov), jitter=0.0),
                                ref.mean() / F, rtol=2e-5)
 
     # Diagonal Σ: the per-frame β-NLL of simuq_core.training.losses, β = 0 exactly; β > 0 weights each
     # pixel by sg(mean_k v_k)^β (equal to the per-frame weight when the frames share v).
     var = rng.uniform(0.1, 2.0, (2, F, 3, 4))
     diag_cov = _f32(np.moveaxis(var, 1, -1)[..., None] * np.eye(F))
-    np.testing.assert_allclose(fc.frame_gaussian_nll(_f32(res), diag_cov, jitter=0.0),
+    np.testing.assert_allclose(fl.frame_gaussian_nll(_f32(res), diag_cov, jitter=0.0),
                                gaussian_nll(_f32(res), 0.0, _f32(var)), rtol=1e-5)
     shared = np.broadcast_to(var[:, :1], var.shape)
     shared_cov = _f32(np.moveaxis(shared, 1, -1)[..., None] * np.eye(F))
-    np.testing.assert_allclose(fc.frame_gaussian_nll(_f32(res), shared_cov, beta=0.5, jitter=0.0),
+    np.testing.assert_allclose(fl.frame_gaussian_nll(_f32(res), shared_cov, beta=0.5, jitter=0.0),
                                gaussian_nll(_f32(res), 0.0, _f32(shared), beta=0.5), rtol=1e-5)
 
 
@@ -237,7 +240,7 @@ def test_nll_gradients_match_autodiff_of_lapack_and_stay_finite():
         logdet = 2.0 * jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
         return (0.5 * ((z[..., 0] ** 2).sum(-1) + logdet)).mean() / F
 
-    ours = jax.grad(lambda r, c: fc.frame_gaussian_nll(r, c, jitter=0.0), argnums=(0, 1))(res, cov)
+    ours = jax.grad(lambda r, c: fl.frame_gaussian_nll(r, c, jitter=0.0), argnums=(0, 1))(res, cov)
     ref = jax.grad(lapack, argnums=(0, 1))(res, cov)
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-7)
 
@@ -250,7 +253,7 @@ def test_nll_gradients_match_autodiff_of_lapack_and_stay_finite():
     # variances spanning 1e-6..1e2 and noise 1e-7 of the total. Finite loss and gradients.
     scale = np.logspace(-3, 1, F)
     singular = _f32(np.outer(scale, scale) * (1 + 1e-7 * np.eye(F)))[None, None, None]
-    g = jax.grad(lambda c: fc.frame_gaussian_nll(res[:1, :, :1, :1], c, beta=0.5))(singular)
+    g = jax.grad(lambda c: fl.frame_gaussian_nll(res[:1, :, :1, :1], c, beta=0.5))(singular)
     assert bool(jnp.isfinite(g).all())
 
 
@@ -308,7 +311,7 @@ def test_full_likelihood_identifies_emitter_variance_and_noise():
         return jnp.einsum("a,bahwij->bhwij", jnp.exp(theta), comps[idx])
 
     def full(theta, idx=slice(None)):
-        return fc.frame_gaussian_nll_map(res[idx], cov(theta, idx)).sum()
+        return fl.frame_gaussian_nll_map(res[idx], cov(theta, idx)).sum()
 
     def diag(theta, idx=slice(None)):
         v = fc.covariance_diagonal(cov(theta, idx))
@@ -435,7 +438,7 @@ def test_fast_paths_match_term_by_term_reference(case, detach):
                                      0.7, x["var_obs"], detach)
 
     def parametric(x):
-        return fc.parametric_residual_covariance(
+        return pc.parametric_residual_covariance(
             x["e"], est, x["m"], x["psf"], r, n_phases=P, var_emitter=x["var_e"],
             var_phase=x["var_phase"], var_modulation=x["var_mod"], var_k=x["var_k"],
             var_psf=x["var_p"], psf_var_weight=0.7, var_obs=x["var_obs"], detach_mean_in_var=detach)
@@ -475,8 +478,8 @@ def test_decimated_fft_equals_strided_full_convolution(hr, size, r):
     kernel = _f32(rng.standard_normal((2, 1, size, size)))
     psf_size = size - r + 1  # the merged kernel G of a K-tap PSF has K + r − 1 taps
     off, h, w = r - 1 + psf_size // 2, hr // r, (hr + 1) // r
-    grid = (fc._lr_grid(hr + size - 1, off, h, r, hr), fc._lr_grid(hr + size, off, w, r, hr + 1))
-    got = fc._decimated_irfft2(fc._filtered(x, kernel, grid), grid, r, (h, w))
+    grid = (lc.lr_grid(hr + size - 1, off, h, r, hr), lc.lr_grid(hr + size, off, w, r, hr + 1))
+    got = lc.decimated_irfft2(lc.filtered(x, kernel, grid), grid, r, (h, w))
     full = ph.fft_convolve(x, kernel, "full")
     # Two float32 FFT paths over the full grid: forward, product, (folded) inverse.
     assert_f32_close(got, full[..., off : off + r * h : r, off : off + r * w : r],

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+from simuq_core.evaluation import calibration_curves as cc
 from simuq_core.evaluation import metrics
 
 N = 200_000
@@ -81,7 +82,7 @@ def test_public_functions_agree_with_flat_dict(calibrated, calibrated_metrics):
         "coverage_95": metrics.interval_coverage(e, v, z_bound=1.96),
         "miscal_area": metrics.miscalibration_area(e, v),
         "ence": metrics.ence(e, v),
-        "ause": metrics.sparsification(e, v).ause,
+        "ause": cc.sparsification(e, v).ause,
         "nll": metrics.gaussian_nll(e, v),
     }
     for name, value in expected.items():
@@ -91,7 +92,7 @@ def test_public_functions_agree_with_flat_dict(calibrated, calibrated_metrics):
 
 def test_calibration_curve_calibrated_bins(calibrated):
     e, v = calibrated
-    curve = metrics.calibration_curve(e, v, n_bins=20, binning="equal_count", seed=0)
+    curve = cc.calibration_curve(e, v, n_bins=20, binning="equal_count", seed=0)
     assert curve.count.sum() == N and len(curve.count) == 20
     assert np.all(np.diff(curve.mean_var) > 0)
     starts = np.cumsum(np.append(0, curve.count[:-1]))
@@ -109,7 +110,7 @@ def test_calibration_curve_calibrated_bins(calibrated):
 @pytest.mark.parametrize("max_resample", [10_000, 1_000])  # exact bootstrap / m-out-of-n
 def test_bootstrap_interval_width(calibrated, max_resample):
     e, v = calibrated
-    curve = metrics.calibration_curve(e, v, n_bins=20, max_resample=max_resample, seed=3)
+    curve = cc.calibration_curve(e, v, n_bins=20, max_resample=max_resample, seed=3)
     starts = np.cumsum(np.append(0, curve.count[:-1]))
     e2_by_v = (e**2)[np.argsort(v, kind="stable")]
     se = np.array(
@@ -127,9 +128,9 @@ def test_bootstrap_interval_width(calibrated, max_resample):
 
 def test_calibration_curve_is_seeded(calibrated):
     e, v = calibrated
-    a = metrics.calibration_curve(e[:5000], v[:5000], seed=7)
-    b = metrics.calibration_curve(e[:5000], v[:5000], seed=7)
-    c = metrics.calibration_curve(e[:5000], v[:5000], seed=8)
+    a = cc.calibration_curve(e[:5000], v[:5000], seed=7)
+    b = cc.calibration_curve(e[:5000], v[:5000], seed=7)
+    c = cc.calibration_curve(e[:5000], v[:5000], seed=8)
     np.testing.assert_array_equal(a.ci_low, b.ci_low)
     assert not np.array_equal(a.ci_low, c.ci_low)
 
@@ -145,7 +146,7 @@ def test_calibration_curve_is_seeded(calibrated):
 )
 def test_calibration_curve_bins_min_count(binning, n, n_bins, expected_bins):
     e, v = _calibrated(n=n, seed=4, lo=1e-3, hi=1e2)
-    curve = metrics.calibration_curve(e, v, n_bins=n_bins, binning=binning, min_count=30)
+    curve = cc.calibration_curve(e, v, n_bins=n_bins, binning=binning, min_count=30)
     assert np.all(curve.count >= 30)
     assert curve.count.sum() == n  # merged, never dropped
     assert len(curve.edges) == len(curve.count) + 1
@@ -164,14 +165,14 @@ def test_calibration_curve_bins_min_count(binning, n, n_bins, expected_bins):
 
 def test_pit_histogram_flat_when_calibrated(calibrated):
     e, v = calibrated
-    hist = metrics.pit_histogram(e, v, n_bins=20)
+    hist = cc.pit_histogram(e, v, n_bins=20)
     np.testing.assert_allclose(hist.edges, np.linspace(0, 1, 21))
     assert hist.counts.sum() == N
     expected = N / 20
     # Each count is binomial(N, 1/20): SD ≈ √expected.
     assert np.all(np.abs(hist.counts - expected) < 5 * math.sqrt(expected))
     # Too small a variance: mass piles up at both ends (U shape).
-    over = metrics.pit_histogram(e, v / 4, n_bins=20).counts
+    over = cc.pit_histogram(e, v / 4, n_bins=20).counts
     assert over[0] > 2 * expected and over[-1] > 2 * expected and over[10] < expected
 
 
@@ -262,12 +263,12 @@ def test_ence_small_when_calibrated_large_when_misscaled(calibrated):
 
 def test_ause_oracle_zero_and_random_worse(calibrated):
     e, v = calibrated
-    oracle = metrics.sparsification(e, e**2)  # ranking by the actual error
+    oracle = cc.sparsification(e, e**2)  # ranking by the actual error
     assert oracle.ause == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_allclose(oracle.model, oracle.oracle, rtol=1e-12)
-    informative = metrics.sparsification(e, v)
+    informative = cc.sparsification(e, v)
     random_v = np.random.default_rng(8).permutation(v)
-    uninformative = metrics.sparsification(e, random_v)
+    uninformative = cc.sparsification(e, random_v)
     assert informative.model[0] == pytest.approx(1.0)
     assert informative.oracle[0] == pytest.approx(1.0)
     assert np.all(informative.model >= informative.oracle - 1e-12)
@@ -411,16 +412,16 @@ def test_bad_inputs_raise_in_single_metrics():
     with pytest.raises(ValueError, match="non-positive"):
         metrics.gaussian_nll(np.zeros(3), np.array([1.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match="no pixels selected"):
-        metrics.sparsification(np.zeros(0), np.ones(0))
+        cc.sparsification(np.zeros(0), np.ones(0))
     with pytest.raises(ValueError, match="binning must be"):
-        metrics.calibration_curve(np.zeros(100), np.ones(100), binning="linear")
+        cc.calibration_curve(np.zeros(100), np.ones(100), binning="linear")
     with pytest.raises(ValueError, match="min_count=30"):
-        metrics.calibration_curve(np.zeros(20), np.ones(20))
+        cc.calibration_curve(np.zeros(20), np.ones(20))
 
 
 def test_pit_uses_standard_normal_cdf():
     # Φ(z) for three hand-picked z: one per PIT bin of 3.
     e = np.array([-1.0, 0.0, 2.0])
-    hist = metrics.pit_histogram(e, np.ones(3), n_bins=3)
+    hist = cc.pit_histogram(e, np.ones(3), n_bins=3)
     assert special.ndtr(-1.0) < 1 / 3 < special.ndtr(0.0) < 2 / 3 < special.ndtr(2.0)
     np.testing.assert_array_equal(hist.counts, [1, 1, 1])

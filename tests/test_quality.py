@@ -9,6 +9,8 @@ from scipy import ndimage
 
 from simuq_core.config import SimulateParams
 from simuq_core.evaluation import quality as q
+from simuq_core.evaluation import quality_summary as qs
+from simuq_core.evaluation import resolution as rl
 from simuq_core.evaluation.synthetic import widefield
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.simulation import samples as sim
@@ -154,9 +156,9 @@ def test_blurred_gt_has_no_correlation_beyond_the_cutoff(rng):
 
 def test_pattern_wave_vectors_use_the_smallest_norm():
     k = np.array([[0.0, 0.1], [0.12, 0.0], [0.3, 0.4]])
-    assert q._pattern_norm(k) == pytest.approx(0.1)
-    assert q._pattern_norm(np.array([0.06, 0.08])) == pytest.approx(0.1)
-    assert q._pattern_norm(-0.1) == pytest.approx(0.1)
+    assert q.pattern_norm(k) == pytest.approx(0.1)
+    assert q.pattern_norm(np.array([0.06, 0.08])) == pytest.approx(0.1)
+    assert q.pattern_norm(-0.1) == pytest.approx(0.1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,13 +177,13 @@ def test_frc_of_band_limited_pair_finds_the_cutoff(f_max):
     rng = np.random.default_rng(11)
     base = _band_limited(rng, n, f_max)
     a, b = base + 0.3 * base.std() * rng.standard_normal((2, n, n))
-    res = q.frc_resolution(a, b, pixel_nm)
+    res = rl.frc_resolution(a, b, pixel_nm)
     f_c = pixel_nm / res.resolution_nm
     assert res.crossed
     assert f_max <= f_c <= f_max + 4.5 / n
     inside = res.frequency < f_max - 2.0 / n
     assert np.all(res.curve[1:][inside[1:]] > 0.9)
-    assert res.frequency[-1] == pytest.approx(0.5) and q.FRC_THRESHOLD == pytest.approx(1 / 7)
+    assert res.frequency[-1] == pytest.approx(0.5) and rl.FRC_THRESHOLD == pytest.approx(1 / 7)
 
 
 def test_frc_of_independent_noise_resolves_nothing():
@@ -190,13 +192,13 @@ def test_frc_of_independent_noise_resolves_nothing():
     rng = np.random.default_rng(5)
     n = 128
     a, b = rng.standard_normal((2, n, n))
-    res = q.frc_resolution(a, b, 1.0)
+    res = rl.frc_resolution(a, b, 1.0)
     assert res.crossed and res.resolution_nm > n / 8
 
 
 def test_frc_never_crossing_reports_nyquist(rng):
     img = rng.standard_normal((64, 64))
-    res = q.frc_resolution(img, img, 40.0)
+    res = rl.frc_resolution(img, img, 40.0)
     assert not res.crossed and res.resolution_nm == pytest.approx(80.0)
     np.testing.assert_allclose(res.curve[1:], 1.0)
 
@@ -210,9 +212,9 @@ def test_frc_search_stops_at_the_band_edge():
     base = rng.standard_normal((n, n))
     noise = [_band_limited(rng, n, 0.2) for _ in range(2)]
     a, b = base + 0.1 * noise[0], base + 0.1 * noise[1]
-    full = q.frc_resolution(a, b, pixel_nm)
+    full = rl.frc_resolution(a, b, pixel_nm)
     assert not full.crossed and full.resolution_nm == pytest.approx(2 * pixel_nm)
-    edge = q.frc_resolution(a, b, pixel_nm, max_freq=0.2)
+    edge = rl.frc_resolution(a, b, pixel_nm, max_freq=0.2)
     assert not edge.crossed and edge.resolution_nm == pytest.approx(pixel_nm / 0.2)
 
 
@@ -234,7 +236,7 @@ def test_decorrelation_orders_and_scales_with_blur_width():
     σ = 1, 2, 4: 2.3–2.4, 4.6–4.7, 9.5–9.8. Doubling σ must give a ratio in [1.6, 2.4]."""
     pixel_nm = 20.0
     for seed in range(2):
-        res = [q.decorrelation_resolution(_blurred_points(np.random.default_rng(seed), s), pixel_nm)
+        res = [rl.decorrelation_resolution(_blurred_points(np.random.default_rng(seed), s), pixel_nm)
                for s in (1.0, 2.0, 4.0)]
         nm = np.array([r.resolution_nm for r in res])
         assert np.all(np.isfinite(nm)) and np.all(np.diff(nm) > 0)
@@ -248,9 +250,9 @@ def test_decorrelation_of_pure_noise_is_not_finer_than_nyquist():
     no resolution (NaN), and never one finer than 2 px."""
     for seed in range(3):
         img = np.random.default_rng(seed).standard_normal((128, 128))
-        r = q.decorrelation_resolution(img, 10.0)
+        r = rl.decorrelation_resolution(img, 10.0)
         assert math.isnan(r.resolution_nm) and r.amplitude == 0.0
-    assert math.isnan(q.decorrelation_resolution(np.ones((32, 32)), 10.0).resolution_nm)
+    assert math.isnan(rl.decorrelation_resolution(np.ones((32, 32)), 10.0).resolution_nm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def test_quality_table_and_markdown(rng, tmp_path):
     gt = np.stack([_scene(rng, n, blur=1.0) for _ in range(n_img)])
     wf = np.stack([_low_pass(g, k_wf) for g in gt])
     good, good2 = gt + 0.02 * gt.max() * rng.standard_normal((2, *gt.shape))
-    table = q.quality_table({"widefield": wf, "good": good, "perfect": gt}, gt, k_wf=k_wf,
+    table = qs.quality_table({"widefield": wf, "good": good, "perfect": gt}, gt, k_wf=k_wf,
                             k_pattern=k_pattern, pixel_nm=pixel_nm, second={"good": good2})
     assert list(table) == ["widefield", "good", "perfect"]
     wf_row, good_row, perfect_row = table["widefield"], table["good"], table["perfect"]
@@ -284,7 +286,7 @@ def test_quality_table_and_markdown(rng, tmp_path):
     assert good_row["psnr"] == pytest.approx(float(psnr.mean()))
     json.dumps(table, allow_nan=False)
 
-    md = q.quality_markdown(table)
+    md = qs.quality_markdown(table)
     lines = md.strip().splitlines()
     assert len(lines) == 2 + 3 and lines[0].startswith("| method | PSNR (dB) | SSIM")
     assert "FRC res. (nm)" in lines[0]
@@ -295,9 +297,11 @@ def test_quality_table_and_markdown(rng, tmp_path):
 def test_plot_quality_panel_writes_png(rng, tmp_path):
     from matplotlib.image import imread
 
+    from simuq_core.reports.comparison import plot_quality_panel
+
     gt = _scene(rng, 64)
-    out = q.plot_quality_panel(tmp_path / "panel.png", {"widefield": _low_pass(gt, 0.2), "SIM": gt},
-                               gt, 30.0, k_wf=0.2, k_pattern=np.array([[0.0, 0.15]]))
+    out = plot_quality_panel(tmp_path / "panel.png", {"widefield": _low_pass(gt, 0.2), "SIM": gt},
+                             gt, 30.0, k_wf=0.2, k_pattern=np.array([[0.0, 0.15]]))
     img = imread(out)
     assert out.exists() and img.ndim == 3 and img.shape[1] > img.shape[0] / 2
     assert img[..., :3].std() > 0.05  # something was drawn
@@ -325,14 +329,14 @@ def test_second_noise_realisation_of_a_simulated_sample():
     x1, x2 = ((r - s.norm_offset) / s.norm_scale for r in (s.raw, raw2))
     wf1, wf2 = widefield(np.stack([x1, x2]), 1)
     pixel = cfg.psf.lr_pixel_nm
-    res = q.frc_resolution(wf1, wf2, pixel)
+    res = rl.frc_resolution(wf1, wf2, pixel)
     k_wf = otf_cutoff_cycles_per_px(s.na, cfg.psf.wavelength_nm, pixel)
     assert res.crossed and pixel / res.resolution_nm < k_wf + 2.5 / 64
     # decorrelation of the widefield: not finer than the cut-off (measured 204 nm vs 188 nm), and
     # on the ×3 bilinear grid, analysed within the camera's Nyquist band (max_freq = 0.5/3), the
     # same within 10% (measured 211.5 nm; the 50-radius grid quantises k_c by 2%, ×2 refined)
-    lr = q.decorrelation_resolution(wf1, pixel).resolution_nm
+    lr = rl.decorrelation_resolution(wf1, pixel).resolution_nm
     assert lr > 0.9 / k_wf * pixel
     wf_hr = widefield(x1[None], 3)[0]
-    hr = q.decorrelation_resolution(wf_hr, pixel / 3, max_freq=0.5 / 3).resolution_nm
+    hr = rl.decorrelation_resolution(wf_hr, pixel / 3, max_freq=0.5 / 3).resolution_nm
     assert hr == pytest.approx(lr, rel=0.1)

@@ -16,6 +16,7 @@ import tifffile
 from matplotlib import image as mpimg
 
 from simuq_core.config import CalibrateParams, ExportDebugParams
+from simuq_core.evaluation import calibration_curves as cc
 from simuq_core.evaluation import metrics
 from simuq_core.evaluation.synthetic import affine_align, make_predictor, pool_gt, pool_psf
 from simuq_core.network.forward import build_model, model_spec
@@ -155,7 +156,7 @@ def test_calibrate_writes_the_core_metrics_curves_and_figures(trained, tiny_data
             assert on_disk["recalibrated"][key] == pytest.approx(value, rel=1e-4, abs=1e-7,
                                                                  nan_ok=True), key
         # The curve CSV is the core calibration_curve on the same arrays.
-        curve = metrics.calibration_curve(pred.astype(np.float64) - ref, var, n_bins=8,
+        curve = cc.calibration_curve(pred.astype(np.float64) - ref, var, n_bins=8,
                                           n_bootstrap=50, seed=cfg.seed)
         rows = list(csv.DictReader((out / "curves" / f"calib_{comp}.csv").read_text().splitlines()))
         assert len(rows) == len(curve.mean_var)

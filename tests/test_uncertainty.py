@@ -20,7 +20,9 @@ import pytest
 
 from simuq_core.config import UQParams
 from simuq_core.optics import imaging as ph
+from simuq_core.uncertainty import logvar_bounds as lb
 from simuq_core.uncertainty import propagation as uq
+from simuq_core.uncertainty.monte_carlo import MonteCarloVariance, mc_propagate_rec_variance
 from tests._tolerance import assert_f32_close
 
 N_MC = 20_000
@@ -59,8 +61,8 @@ def _assert_matches_mc(exact: jnp.ndarray, mc: jnp.ndarray) -> None:
     assert worst < PIXEL_TOL, f"worst pixel MC/exact off by {worst:.4f} (> {PIXEL_TOL:.4f})"
 
 
-def _mc(seed: int, *args, **kwargs) -> uq.MonteCarloVariance:
-    return uq.mc_propagate_rec_variance(jax.random.key(seed), *args, n_samples=N_MC, **kwargs)
+def _mc(seed: int, *args, **kwargs) -> MonteCarloVariance:
+    return mc_propagate_rec_variance(jax.random.key(seed), *args, n_samples=N_MC, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,34 +369,34 @@ LO, HI = -10.0, 3.0
 
 def test_bound_logvar_hard_is_the_original_clip():
     x = _f32([-20.0, -10.0, -4.0, 3.0, 7.0])
-    np.testing.assert_allclose(uq.bound_logvar(x, LO, HI, "hard"), [-10, -10, -4, 3, 3])
-    grad = jax.vmap(jax.grad(lambda v: uq.bound_logvar(v, LO, HI, "hard")))(_f32([-15.0, 5.0]))
+    np.testing.assert_allclose(lb.bound_logvar(x, LO, HI, "hard"), [-10, -10, -4, 3, 3])
+    grad = jax.vmap(jax.grad(lambda v: lb.bound_logvar(v, LO, HI, "hard")))(_f32([-15.0, 5.0]))
     np.testing.assert_array_equal(grad, [0.0, 0.0])
 
 
 def test_bound_logvar_soft_is_bounded_smooth_and_identity_inside():
     x = jnp.linspace(-1e4, 1e4, 20_001, dtype=jnp.float32)
     x = jnp.concatenate([x, jnp.linspace(-30.0, 20.0, 5_001, dtype=jnp.float32)])
-    y = uq.bound_logvar(x, LO, HI, "soft")
+    y = lb.bound_logvar(x, LO, HI, "soft")
     # Strictly inside mathematically; far out (|x| ~ 1e4) float32 rounds y onto the bound.
     assert bool(jnp.all((y >= LO) & (y <= HI)))
     near = jnp.linspace(-30.0, 20.0, 501, dtype=jnp.float32)
-    y_near = uq.bound_logvar(near, LO, HI, "soft")
+    y_near = lb.bound_logvar(near, LO, HI, "soft")
     assert bool(jnp.all((y_near > LO) & (y_near < HI)))
-    grad = jax.vmap(jax.grad(lambda v: uq.bound_logvar(v, LO, HI, "soft")))(x)
+    grad = jax.vmap(jax.grad(lambda v: lb.bound_logvar(v, LO, HI, "soft")))(x)
     assert bool(jnp.all(jnp.isfinite(grad)))
     # Strictly positive everywhere, including far outside the bounds (algebraic tails, float32).
     assert float(grad.min()) > 0.0
     outside = _f32([LO - 1e3, LO - 50.0, LO - 5.0, HI + 5.0, HI + 50.0, HI + 1e3])
-    g_out = jax.vmap(jax.grad(lambda v: uq.bound_logvar(v, LO, HI, "soft")))(outside)
+    g_out = jax.vmap(jax.grad(lambda v: lb.bound_logvar(v, LO, HI, "soft")))(outside)
     assert float(g_out.min()) > 0.0
     # ≈ identity at least 2 units from both bounds (|y − x| ≤ s²/d = 0.125 for s = 0.5, d = 2).
     inside = jnp.linspace(LO + 2.0, HI - 2.0, 101, dtype=jnp.float32)
-    assert float(jnp.abs(uq.bound_logvar(inside, LO, HI, "soft") - inside).max()) < 0.15
+    assert float(jnp.abs(lb.bound_logvar(inside, LO, HI, "soft") - inside).max()) < 0.15
     # The derivative is continuous where the piecewise evaluation switches form (x = lo, hi).
     for edge in (LO, HI):
-        g_edge = jax.grad(lambda v: uq.bound_logvar(v, LO, HI, "soft"))(jnp.float32(edge))
-        g_side = jax.vmap(jax.grad(lambda v: uq.bound_logvar(v, LO, HI, "soft")))(
+        g_edge = jax.grad(lambda v: lb.bound_logvar(v, LO, HI, "soft"))(jnp.float32(edge))
+        g_side = jax.vmap(jax.grad(lambda v: lb.bound_logvar(v, LO, HI, "soft")))(
             _f32([edge - 1e-3, edge + 1e-3]))
         assert float(g_edge) == pytest.approx(float(g_side.mean()), abs=1e-4)
     # Monotone.
@@ -405,19 +407,19 @@ def test_bound_logvar_soft_is_bounded_smooth_and_identity_inside():
 @pytest.mark.parametrize("mode", ["hard", "soft"])
 @pytest.mark.parametrize("init", [-4.0, -9.5, 2.9, -2.0])
 def test_logvar_bias_init_inverts_the_bound(mode, init):
-    bias = uq.logvar_bias_init(init, LO, HI, mode)
-    assert float(uq.bound_logvar(_f32(bias), LO, HI, mode)) == pytest.approx(init, abs=1e-5)
+    bias = lb.logvar_bias_init(init, LO, HI, mode)
+    assert float(lb.bound_logvar(_f32(bias), LO, HI, mode)) == pytest.approx(init, abs=1e-5)
     if mode == "soft" and init in (-9.5, 2.9):
         assert abs(bias - init) > 0.1  # near a bound the soft inverse pushes the bias outward
     np.testing.assert_allclose(
-        uq.variance_from_logvar(_f32(bias), LO, HI, mode), math.exp(init), rtol=1e-5
+        lb.variance_from_logvar(_f32(bias), LO, HI, mode), math.exp(init), rtol=1e-5
     )
 
 
 def test_logvar_bias_init_rejects_a_soft_bound_value():
     with pytest.raises(ValueError, match="strictly"):
-        uq.logvar_bias_init(LO, LO, HI, "soft")
-    assert uq.logvar_bias_init(LO, LO, HI, "hard") == LO
+        lb.logvar_bias_init(LO, LO, HI, "soft")
+    assert lb.logvar_bias_init(LO, LO, HI, "hard") == LO
 
 
 # ----------------------------------------------------------------------------------------------
@@ -435,7 +437,7 @@ def test_options_from_uq_params_cover_every_field():
     # Every obs_noise / pool_var value the schema accepts is supported here.
     schema = UQParams.model_fields
     for name, supported in (("obs_noise", uq.OBS_NOISE_MODES), ("pool_var", uq.POOL_VAR_MODES),
-                            ("logvar_bound", uq.LOGVAR_BOUND_MODES)):
+                            ("logvar_bound", lb.LOGVAR_BOUND_MODES)):
         assert set(typing.get_args(schema[name].annotation)) <= set(supported), name
 
 
@@ -486,7 +488,7 @@ def test_shared_2d_psf_equals_per_sample_psf():
 def test_mc_rejects_a_chunk_that_does_not_divide():
     e, lp, var_e, _ = _latents(16, r=1, lr=4)
     with pytest.raises(ValueError, match="divide"):
-        uq.mc_propagate_rec_variance(jax.random.key(0), e, lp, jnp.ones((1, 1, 1)), 1,
+        mc_propagate_rec_variance(jax.random.key(0), e, lp, jnp.ones((1, 1, 1)), 1,
                                      var_emitter=var_e, n_samples=10, chunk_size=3)
 
 

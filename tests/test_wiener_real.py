@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from simuq_core.baselines import WienerOptions, equal_step_phases, ideal_otf, wiener_sim
-from simuq_core.evaluation.quality import decorrelation_resolution
+from simuq_core.evaluation.resolution import decorrelation_resolution
 from simuq_core.evaluation.synthetic import widefield
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.pattern.estimate import estimate_pattern_blind

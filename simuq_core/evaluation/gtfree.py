@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from simuq_core.evaluation.quality import decorrelation_resolution
+from simuq_core.evaluation.resolution import decorrelation_resolution
 from simuq_core.evaluation.synthetic import widefield
 from simuq_core.optics.spectra import periodic_hann_window
 

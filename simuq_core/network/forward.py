@@ -24,13 +24,12 @@ from flax import nnx
 from simuq_core.config import ModelParams, UQParams
 from simuq_core.network.simnet import SIMNet, SIMNetConfig, airy_prior, model_psf_size
 from simuq_core.pattern.estimate import PATTERN_KEYS, PatternEstimate
+from simuq_core.uncertainty.logvar_bounds import logvar_bias_init, variance_from_logvar
 from simuq_core.uncertainty.propagation import (
     ObsNoiseParams,
     init_obs_noise_params,
     local_residual_energy,
-    logvar_bias_init,
     propagate_rec_variance,
-    variance_from_logvar,
 )
 
 __all__ = [

@@ -44,8 +44,9 @@ from typing import NamedTuple
 import numpy as np
 
 from simuq_core.config import CalibrateParams
+from simuq_core.evaluation import calibration_curves as cc
 from simuq_core.evaluation import metrics as m
-from simuq_core.evaluation.quality import SimBand
+from simuq_core.evaluation.sim_band import SimBand
 from simuq_core.evaluation.synthetic import affine_align
 from simuq_core.io import atomic_file, write_json
 from simuq_core.reports import plots
@@ -145,11 +146,11 @@ class ComponentReport(NamedTuple):
     """The same after σ-scaling (``None`` without a val split)."""
     s2: float | None
     """σ-scaling factor fitted on val."""
-    curve: m.CalibrationCurve
-    curve_recalibrated: m.CalibrationCurve | None
-    pit: m.PITHistogram
-    pit_recalibrated: m.PITHistogram | None
-    sparsification: m.Sparsification
+    curve: cc.CalibrationCurve
+    curve_recalibrated: cc.CalibrationCurve | None
+    pit: cc.PITHistogram
+    pit_recalibrated: cc.PITHistogram | None
+    sparsification: cc.Sparsification
 
 
 def component_report(test: Component, val: Component | None, cfg: CalibrateParams) -> ComponentReport:
@@ -160,8 +161,8 @@ def component_report(test: Component, val: Component | None, cfg: CalibrateParam
         return m.calibration_metrics(test.pred, test.reference, var, component=name,
                                      n_bins=cfg.n_bins, n_levels=N_LEVELS, n_fractions=N_FRACTIONS)
 
-    def curve(var: np.ndarray) -> m.CalibrationCurve:
-        return m.calibration_curve(test.err, var, n_bins=cfg.n_bins, binning=cfg.binning,
+    def curve(var: np.ndarray) -> cc.CalibrationCurve:
+        return cc.calibration_curve(test.err, var, n_bins=cfg.n_bins, binning=cfg.binning,
                                    min_count=cfg.min_count, n_bootstrap=cfg.n_bootstrap,
                                    confidence=CONFIDENCE, seed=cfg.seed)
 
@@ -172,20 +173,20 @@ def component_report(test: Component, val: Component | None, cfg: CalibrateParam
         var_recal = m.apply_sigma_scale(test.var, s2)
         recal = suite(var_recal)
         curve_recal = curve(var_recal)
-        pit_recal = m.pit_histogram(err, var_recal, n_bins=cfg.pit_bins)
+        pit_recal = cc.pit_histogram(err, var_recal, n_bins=cfg.pit_bins)
     return ComponentReport(
         metrics=suite(test.var),
         recalibrated=recal,
         s2=s2,
         curve=curve(test.var),
         curve_recalibrated=curve_recal,
-        pit=m.pit_histogram(err, test.var, n_bins=cfg.pit_bins),
+        pit=cc.pit_histogram(err, test.var, n_bins=cfg.pit_bins),
         pit_recalibrated=pit_recal,
-        sparsification=m.sparsification(err, test.var, n_fractions=N_FRACTIONS),
+        sparsification=cc.sparsification(err, test.var, n_fractions=N_FRACTIONS),
     )
 
 
-def _write_curve_csv(path: Path, curve: m.CalibrationCurve) -> None:
+def _write_curve_csv(path: Path, curve: cc.CalibrationCurve) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CURVE_COLUMNS)
@@ -386,12 +387,12 @@ def debug_calibration_curves(root: str | os.PathLike, out_dir: str | os.PathLike
     folders = _debug_folders(root)
     if not folders:
         raise FileNotFoundError(f"{root}: no uq_uncertainty.npz in it or in its sub-folders")
-    curves: dict[str, dict[str, m.CalibrationCurve]] = {}
+    curves: dict[str, dict[str, cc.CalibrationCurve]] = {}
     for folder in folders:
         for name, comp in _components_from_debug(folder).items():
             if comp.err.size < min_count:
                 continue
-            curves.setdefault(name, {})[folder.name] = m.calibration_curve(
+            curves.setdefault(name, {})[folder.name] = cc.calibration_curve(
                 comp.err, comp.var, n_bins=n_bins, min_count=min_count, n_bootstrap=n_bootstrap,
                 confidence=CONFIDENCE, seed=seed)
     if not curves:

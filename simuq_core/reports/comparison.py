@@ -39,13 +39,8 @@ from simuq_core.baselines.wiener import (
 from simuq_core.config import BaselineParams, ModelParams, QualityParams, SimulateParams
 from simuq_core.evaluation.gtfree import checkerboard_index
 from simuq_core.evaluation.metrics import interval_coverage, z_moments
-from simuq_core.evaluation.quality import (
-    apodised_spectrum,
-    pattern_norm,
-    quality_markdown,
-    quality_table,
-    register_or_keep,
-)
+from simuq_core.evaluation.quality import apodised_spectrum, pattern_norm, register_or_keep
+from simuq_core.evaluation.quality_summary import quality_markdown, quality_table
 from simuq_core.evaluation.synthetic import affine_align, affine_fit_psnr, pool_gt, widefield
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.optics.spectra import hann_window

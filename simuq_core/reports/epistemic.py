@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from simuq_core.config import EpistemicParams, UQParams
+from simuq_core.evaluation import calibration_curves as cc
 from simuq_core.evaluation import metrics as m
-from simuq_core.evaluation.quality import SimBand
+from simuq_core.evaluation.sim_band import SimBand
 from simuq_core.evaluation.synthetic import affine_fit_psnr
 from simuq_core.inference.ensemble import make_ensemble_predictor
 from simuq_core.io import atomic_directory, read_json, write_json
@@ -232,7 +233,7 @@ def _figures(fig_dir: Path, kept: Mapping[str, tuple], ood_names: Sequence[str],
             if comp is None:
                 continue
             var = np.maximum(np.asarray(comp.var, np.float64), 1e-30)  # epistemic var is 0 without dropout
-            curves[f"{split}, {label}"] = m.calibration_curve(comp.err, var, n_bins=12, n_bootstrap=50)
+            curves[f"{split}, {label}"] = cc.calibration_curve(comp.err, var, n_bins=12, n_bootstrap=50)
     if curves:
         plots.plot_calibration_curves(fig_dir / "calib_emitter.png", curves,
                                       title=f"emitter calibration, {mode} model")

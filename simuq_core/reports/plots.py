@@ -38,7 +38,11 @@ from matplotlib.ticker import (  # noqa: E402
     NullLocator,
 )
 
-from simuq_core.evaluation.metrics import CalibrationCurve, PITHistogram, Sparsification  # noqa: E402
+from simuq_core.evaluation.calibration_curves import (  # noqa: E402
+    CalibrationCurve,
+    PITHistogram,
+    Sparsification,
+)
 from simuq_core.io import atomic_file  # noqa: E402
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from simuq_core.config import CalibrateParams, ExportDebugParams, UQParams
-from simuq_core.evaluation.quality import SimBand
+from simuq_core.evaluation.sim_band import SimBand
 from simuq_core.evaluation.synthetic import apply_gt_norm, make_predictor, pool_gt
 from simuq_core.io import atomic_directory, read_json
 from simuq_core.network.store import load_model

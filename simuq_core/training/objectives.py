@@ -20,7 +20,8 @@ import numpy as np
 from simuq_core.config import TrainParams, UQParams
 from simuq_core.network.forward import batch_pattern, predict
 from simuq_core.training.losses import aux_rec_loss, gaussian_nll
-from simuq_core.uncertainty.frame_covariance import covariance_of_prediction, frame_gaussian_nll
+from simuq_core.uncertainty.frame_covariance import covariance_of_prediction
+from simuq_core.uncertainty.frame_likelihood import frame_gaussian_nll
 
 __all__ = ["selfsup_objective", "sup_objective"]
 

@@ -279,9 +279,10 @@ def covariance_of_prediction(pred: dict, n_angles: int, r: int, uq) -> jnp.ndarr
     """:func:`residual_covariance` of a :func:`simuq_core.network.forward.predict` output
     ``(B, H, W, F, F)``: its emitter, light-pattern (parametric: the coherent per-angle errors of
     ``pattern_logvar``, ordered phase, modulation, ``|k|``, through
-    :func:`~simuq_core.uncertainty.parametric_covariance.parametric_residual_covariance`; free: per-pixel ``lp_var``) and PSF variances, and its
-    camera-noise variance ``var_obs`` (which already holds the residual-aware map) on the
-    diagonal; ``uq``: the :class:`~simuq_core.config.UQParams`."""
+    :func:`~simuq_core.uncertainty.parametric_covariance.parametric_residual_covariance`; free:
+    per-pixel ``lp_var``) and PSF variances, and its camera-noise variance ``var_obs`` (which
+    already holds the residual-aware map) on the diagonal; ``uq``: the
+    :class:`~simuq_core.config.UQParams`."""
     common = dict(var_emitter=pred.get("emitter_var"), var_psf=pred.get("psf_var"),
                   psf_var_weight=uq.psf_var_weight, var_obs=pred["var_obs"],
                   var_floor=uq.var_floor, detach_mean_in_var=uq.detach_mean_in_var)

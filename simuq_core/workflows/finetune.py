@@ -44,7 +44,7 @@ from simuq_core.evaluation.gtfree import (
     grid_index,
     window_weighted_mean,
 )
-from simuq_core.evaluation.quality import decorrelation_resolution
+from simuq_core.evaluation.resolution import decorrelation_resolution
 from simuq_core.evaluation.synthetic import widefield
 from simuq_core.inference.ood import OOD_REFERENCE_FILE
 from simuq_core.io import write_json

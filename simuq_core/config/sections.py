@@ -1,62 +1,39 @@
-"""Typed, validated parameters (the schema of ``params.yaml``).
+"""The sections of ``params.yaml``, one typed model each, and :class:`Params`, all of them.
 
 Every model forbids unknown keys and bounds its values, so a typo in ``params.yaml`` or in
-``dvc exp run -S`` fails at stage start-up with the dotted key named. The library never reads
-``params.yaml`` itself: stages load the YAML and call :func:`parse_params`.
+``dvc exp run -S`` fails at stage start-up with the dotted key named.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    ValidationError,
-    create_model,
     field_validator,
     model_validator,
 )
 
+from simuq_core.config.base import _Strict
+from simuq_core.config.microscope import MicroscopeParams
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 
 __all__ = [
     "CalibrateParams",
     "ExportDebugParams",
     "FinetuneParams",
-    "MICROSCOPE_KEYS",
-    "apply_profile",
-    "merge_override",
-    "MicroscopeParams",
     "ModelParams",
     "NoiseParams",
     "OODParams",
     "ObjectParams",
     "OpticsPrior",
     "Params",
-    "ParamsError",
     "PredictParams",
     "PsfParams",
     "SimulateParams",
     "TrainParams",
     "UQParams",
-    "format_validation_error",
-    "params_hash",
-    "parse_params",
-    "parse_section",
 ]
-
-
-class ParamsError(ValueError):
-    """Invalid parameters; the message names the file and every offending key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class PsfParams(_Strict):
@@ -374,128 +351,6 @@ class CalibrateParams(_Strict):
     seed: int = Field(0, ge=0)
 
 
-class MicroscopeParams(_Strict):
-    """The ``microscope`` section: what a lab knows about its instrument, typed once.
-
-    ``simulate``, ``model``, ``finetune`` and ``predict`` read their copies of these facts from here
-    (:data:`MICROSCOPE_KEYS`): a copy left out of ``params.yaml`` is filled in, a copy that is set
-    must agree (else a :class:`ParamsError` names both keys). A ``null`` entry fills nothing in.
-    """
-
-    na: float = Field(..., gt=0.0, le=1.7, description="detection numerical aperture (the effective "
-                      "NA of a measured OTF when known)")
-    emission_nm: float = Field(..., gt=100.0, lt=2000.0, description="emission wavelength")
-    pixel_nm: float = Field(..., gt=1.0, lt=1000.0, description="camera pixel at the sample")
-    n_angles: int = Field(3, ge=1, le=8, description="pattern orientations")
-    n_phases: int = Field(3, ge=2, le=8, description="phase steps per orientation")
-    frame_order: Literal["angle_major", "phase_major"] = Field(
-        "angle_major", description="angle_major: frame = n_phases·angle + phase; phase_major: "
-        "frame = n_angles·phase + angle")
-    pattern_period_px: float | None = Field(
-        None, gt=2.0, lt=100.0, description="pattern period in camera pixels if known (a search hint "
-        "for the real data, the period of the simulated data); null = blind search")
-    camera_offset_adu: float | None = Field(None, ge=0.0, description="camera offset (ADU); null = "
-                                            "from the files' metadata, else 0")
-    camera_gain_adu_per_e: float | None = Field(None, gt=0.0, description="camera gain, if known")
-    otf_file: str | None = Field(None, description="measured radial OTF (Priism / DeltaVision "
-                                 "*_OTF2d.mrc), relative to the repo root: used by the blind "
-                                 "pattern search; null = the ideal Airy OTF of na / emission_nm")
-    equalize_frames: bool | None = Field(
-        None, description="the frames (angles) differ in total intensity (lamp / laser power per "
-        "angle): divide every frame by its whole-field mean relative to the stack's, in fine-tuning "
-        "and predict alike; null = as those sections say")
-
-
-# Where each microscope fact is copied to: (microscope key, dotted target, condition). A condition
-# names a sibling key that, when set to a non-null value, takes the target's place (the simulated
-# pattern may be given as pattern_k_frac instead of a period).
-MICROSCOPE_KEYS: tuple[tuple[str, str, str | None], ...] = (
-    ("na", "simulate.psf.na", None),
-    ("na", "model.optics.na", None),
-    ("na", "finetune.optics.na", None),
-    ("emission_nm", "simulate.psf.wavelength_nm", None),
-    ("emission_nm", "model.optics.wavelength_nm", None),
-    ("emission_nm", "finetune.optics.wavelength_nm", None),
-    ("pixel_nm", "simulate.psf.lr_pixel_nm", None),
-    ("pixel_nm", "model.optics.lr_pixel_nm", None),
-    ("pixel_nm", "finetune.optics.lr_pixel_nm", None),
-    ("n_angles", "simulate.n_angles", None),
-    ("n_angles", "model.light_pattern.n_angles", None),
-    ("n_phases", "simulate.n_phases", None),
-    ("frame_order", "finetune.frame_order", None),
-    ("frame_order", "predict.frame_order", None),
-    ("pattern_period_px", "simulate.pattern_period_lr", "simulate.pattern_k_frac"),
-    ("pattern_period_px", "model.light_pattern.period_lr", None),
-    ("pattern_period_px", "finetune.period_hint", None),
-    ("pattern_period_px", "predict.period_hint", None),
-    ("camera_offset_adu", "simulate.noise.offset_adu", None),
-    ("camera_offset_adu", "predict.norm_offset", None),
-    ("camera_offset_adu", "finetune.norm_offset", None),
-    ("camera_gain_adu_per_e", "simulate.noise.gain_adu_per_e", None),
-    ("otf_file", "finetune.otf_file", None),
-    ("otf_file", "predict.otf_file", None),
-    ("equalize_frames", "finetune.equalize_frames", None),
-    ("equalize_frames", "predict.equalize_frames", None),
-)
-
-
-def _lookup(raw: dict[str, Any], dotted: str) -> tuple[bool, Any]:
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
-        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
-    return a == b
-
-
-def apply_microscope(raw: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` (a parsed ``params.yaml``) with the ``microscope`` section's facts copied into every
-    place that uses them (:data:`MICROSCOPE_KEYS`); a copy set to another value is an error naming
-    both keys. Raw dicts only: validation happens afterwards."""
-    micro = raw.get("microscope")
-    if not isinstance(micro, dict):
-        return raw
-    import copy
-
-    out = copy.deepcopy(raw)
-    problems = []
-    for key, target, instead in MICROSCOPE_KEYS:
-        value = micro.get(key)
-        if value is None:
-            continue
-        found, current = _lookup(out, target)
-        if instead is not None:
-            found_other, other = _lookup(out, instead)
-            if found_other and other is not None:  # given the other way: the copy must stay null
-                if not found:
-                    value = None
-                else:
-                    continue
-        if found and current is not None and not _same(current, value):
-            problems.append(f"  {target}: {current!r} contradicts microscope.{key}: {value!r} (type the "
-                            f"microscope once, in the microscope section, and delete {target})")
-            continue
-        node = out
-        *parents, last = target.split(".")
-        for part in parents:
-            if node.get(part) is None:  # absent, or null (e.g. finetune.optics: null = "the default")
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                break  # not a mapping: validation reports it
-            node = node[part]
-        else:
-            node[last] = value
-    if problems:
-        raise ValueError("\n".join(problems))
-    return out
-
-
 class PredictParams(_Strict):
     """The ``predict`` stage / command: a trained model on any 9-frame stacks."""
 
@@ -754,99 +609,3 @@ class Params(_Strict):
     ood: OODParams = OODParams()
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: ``<source>: <dotted.key>: <message> (got <value>)``."""
-    lines = [f"{source}: invalid parameters ({err.error_count()} problem(s)):"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (typo?); not part of the schema"
-        got = e.get("input")
-        shown = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {key}: {msg}{shown}")
-    return "\n".join(lines)
-
-
-def parse_params(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate a parsed ``params.yaml`` mapping; raise :class:`ParamsError` naming bad keys."""
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    try:
-        filled = apply_microscope(raw)
-    except ValueError as err:
-        raise ParamsError(f"{source}: the microscope section and another section disagree:\n{err}") from None
-    try:
-        return Params.model_validate(filled)
-    except ValidationError as err:
-        raise ParamsError(format_validation_error(err, source)) from None
-
-
-def parse_section(raw: Any, name: str, source: str = "params.yaml") -> BaseModel:
-    """One section of a parsed ``params.yaml`` (e.g. ``finetune``), with the ``microscope`` section's
-    facts copied in, validated alone: for commands that also run on a params file without the
-    sections the training stages need. Raises :class:`ParamsError` naming the bad keys."""
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    # The two sections alone, validated together so every error carries its dotted key.
-    wrapper = create_model("_Section", __base__=_Strict, microscope=(MicroscopeParams | None, None),
-                           **{name: (Params.model_fields[name].annotation, ...)})
-    try:
-        filled = apply_microscope(raw)
-        section = wrapper.model_validate({"microscope": filled.get("microscope"),
-                                          name: filled.get(name) or {}})
-        return getattr(section, name)
-    except ValidationError as err:
-        raise ParamsError(format_validation_error(err, source)) from None
-    except ValueError as err:
-        raise ParamsError(f"{source}: the microscope section and another section disagree:\n{err}") from None
-
-
-def params_hash(params: BaseModel) -> str:
-    """Short stable hash of validated params (for tags and dataset manifests)."""
-    blob = json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def merge_override(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursive merge: mappings merge key by key, any other value in ``override`` replaces.
-
-    ``merge_override({"psf": {"na": 1.3, "kind": "airy"}}, {"psf": {"na": 1.1}})``
-    gives ``{"psf": {"na": 1.1, "kind": "airy"}}``. Neither input is modified.
-    """
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge_override(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _overlay_problems(base: Mapping[str, Any], overlay: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys of ``overlay`` that ``base`` does not have (a profile may change values, not
-    invent keys: a typo would otherwise pass silently wherever the schema has a default)."""
-    problems = []
-    for key, value in overlay.items():
-        dotted = f"{prefix}{key}"
-        if key not in base:
-            problems.append(f"  {dotted}: not in the base params file (typo?)")
-        elif isinstance(value, Mapping) and isinstance(base[key], Mapping):
-            problems += _overlay_problems(base[key], value, dotted + ".")
-    return problems
-
-
-def apply_profile(base: Any, overlay: Any, source: str = "profile") -> dict[str, Any]:
-    """A profile is an overlay of ``params.yaml``: it holds only what differs. Returns the merged
-    raw params (:func:`merge_override`), validated like ``params.yaml`` itself
-    (:func:`parse_params`); an overlay key the base does not have, or a merged value the schema
-    rejects, is a :class:`ParamsError` naming ``source`` and the dotted key."""
-    if not isinstance(base, Mapping) or not isinstance(overlay, Mapping):
-        raise ParamsError(f"{source}: a profile and its base must both be mappings of sections")
-    problems = _overlay_problems(base, overlay)
-    if problems:
-        raise ParamsError(f"{source}: keys the base params do not have:\n" + "\n".join(problems))
-    merged = merge_override(base, overlay)
-    parse_params(merged, source=f"{source} over params.yaml")
-    return merged
