@@ -25,7 +25,8 @@ import yaml
 
 from simuq_core.config import SimulateParams, apply_microscope, merge_override
 from simuq_core.realdata.checks import InputError
-from simuq_core.realdata.measure import measure_acquisition, measure_files, photon_transfer, simulate_override
+from simuq_core.realdata.measure import measure_acquisition, measure_files, simulate_override
+from simuq_core.realdata.photon_transfer import photon_transfer
 from simuq_core.realdata.reader import read_acquisition
 from simuq_core.simulation.samples import simulate_sample
 from tests._tiny import tiny_params_file
