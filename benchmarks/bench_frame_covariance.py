@@ -40,7 +40,8 @@ import numpy as np
 from _common import machine, write_report  # noqa: E402  (puts the repo root on sys.path)
 
 from simuq_core.optics import imaging as ph  # noqa: E402
-from simuq_core.pattern.estimate import PatternEstimate, pattern_maps, pattern_variance  # noqa: E402
+from simuq_core.pattern.estimate import PatternEstimate
+from simuq_core.pattern.maps import pattern_maps, pattern_variance
 from simuq_core.training.losses import gaussian_nll  # noqa: E402
 from simuq_core.uncertainty import frame_covariance as fc  # noqa: E402
 from simuq_core.uncertainty import frame_likelihood as fl  # noqa: E402

@@ -25,8 +25,8 @@ from _common import ROOT, write_json
 from scipy.ndimage import map_coordinates
 
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
-from simuq_core.pattern import estimate as P
-from simuq_core.pattern.estimate import estimate_pattern_blind
+from simuq_core.pattern import blind as P
+from simuq_core.pattern.blind import estimate_pattern_blind
 from simuq_core.realdata.reader import measured_otf, read_acquisition
 
 EXAMPLE = ROOT / "examples" / "rdl_sim_microtubules"

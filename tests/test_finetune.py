@@ -17,7 +17,7 @@ from simuq_core.evaluation.gtfree import classical_noise_variance
 from simuq_core.network.forward import build_model, model_spec
 from simuq_core.network.store import load_model, save_model
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
-from simuq_core.pattern.estimate import airy_camera_otf
+from simuq_core.pattern.blind import airy_camera_otf
 from simuq_core.workflows.finetune import FinetuneParams
 from tests._tiny import tiny_params
 

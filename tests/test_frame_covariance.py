@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from simuq_core.optics import imaging as ph
-from simuq_core.pattern.estimate import PatternEstimate, pattern_maps, pattern_variance
+from simuq_core.pattern.estimate import PatternEstimate
+from simuq_core.pattern.maps import pattern_maps, pattern_variance
 from simuq_core.training.losses import gaussian_nll
 from simuq_core.uncertainty import frame_covariance as fc
 from simuq_core.uncertainty import frame_likelihood as fl

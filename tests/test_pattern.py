@@ -11,7 +11,8 @@ import yaml
 
 from simuq_core.config import parse_params
 from simuq_core.optics.imaging import illumination_patterns
-from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
+from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern
+from simuq_core.pattern.maps import pattern_maps, pattern_variance
 from simuq_core.simulation.samples import simulate_sample
 from tests._tiny import tiny_raw
 from tests._tolerance import assert_f32_close

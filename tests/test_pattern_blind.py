@@ -10,14 +10,9 @@ import yaml
 
 from simuq_core.config import parse_params
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
-from simuq_core.pattern.estimate import (
-    _detection_map,
-    diagnose_pattern,
-    estimate_pattern_blind,
-    pattern_maps,
-    radial_otf,
-    shift_pattern_origin,
-)
+from simuq_core.pattern.blind import _detection_map, diagnose_pattern, estimate_pattern_blind, radial_otf
+from simuq_core.pattern.estimate import shift_pattern_origin
+from simuq_core.pattern.maps import pattern_maps
 from simuq_core.realdata.reader import read_acquisition, read_otf_profile
 from simuq_core.simulation.samples import simulate_sample
 
@@ -86,7 +81,7 @@ def test_null_map_has_unit_rms(rng):
     frames = rng.normal(1000.0, 30.0, (9, 64, 64))
     est = estimate_pattern_blind(frames, 3, SIM_CUTOFF)
     assert est.weak.all() and len(est.messages) >= 3
-    from simuq_core.pattern.estimate import _noise_power, _separate_bands, _signal_fraction, airy_camera_otf
+    from simuq_core.pattern.blind import _noise_power, _separate_bands, _signal_fraction, airy_camera_otf
 
     c0, cp = _separate_bands(frames[None], 3)
     f = np.fft.fftfreq(64)

@@ -19,7 +19,9 @@ import pytest
 import tifffile
 
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
-from simuq_core.pattern.estimate import PatternEstimate, airy_camera_otf, pattern_maps, shift_pattern_origin
+from simuq_core.pattern.blind import airy_camera_otf
+from simuq_core.pattern.estimate import PatternEstimate, shift_pattern_origin
+from simuq_core.pattern.maps import pattern_maps
 from simuq_core.realdata import crops as raw_data
 from simuq_core.realdata.checks import InputError
 from simuq_core.realdata.crops import CropStream, index_acquisitions, read_crop, split_regions

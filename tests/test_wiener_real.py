@@ -8,7 +8,7 @@ from simuq_core.baselines import WienerOptions, equal_step_phases, ideal_otf, wi
 from simuq_core.evaluation.resolution import decorrelation_resolution
 from simuq_core.evaluation.synthetic import widefield
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
-from simuq_core.pattern.estimate import estimate_pattern_blind
+from simuq_core.pattern.blind import estimate_pattern_blind
 from simuq_core.realdata.reader import read_acquisition
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "rdl_sim_microtubules" / "MT.mrc"

@@ -24,7 +24,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from simuq_core.pattern.estimate import PatternEstimate, _lr_otf, _theta
+from simuq_core.pattern.estimate import PatternEstimate, _lr_otf
+from simuq_core.pattern.maps import pattern_phase_angles
 
 __all__ = ["fourier_upsample", "wiener_sim_jax"]
 
@@ -60,7 +61,7 @@ def wiener_sim_jax(x: jax.Array, pattern: PatternEstimate, modulation: jax.Array
     steps = jnp.exp(-2j * jnp.pi * jnp.arange(p) / p).reshape(1, 1, p, 1, 1)
     c0 = fourier_upsample(d.mean(axis=2), r)  # (B, A, rH, rW)
     cp = fourier_upsample((d * steps).mean(axis=2), r)
-    theta, _ = _theta(pattern, p, (h, w), r)
+    theta, _ = pattern_phase_angles(pattern, p, (h, w), r)
     theta = theta[:, ::p]  # phase 0 of each angle: θ_a(x) on the r× grid, (B, A, rH, rW)
     shifted = jnp.stack([c0, cp * jnp.exp(-1j * theta), jnp.conj(cp) * jnp.exp(1j * theta)], 2)
     bands = jnp.fft.fft2(shifted)  # (B, A, 3, rH, rW): B₀, B₊, B₋

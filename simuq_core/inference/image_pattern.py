@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
-from simuq_core.pattern.estimate import PatternDiagnosis, PatternEstimate, diagnose_pattern
+from simuq_core.pattern.blind import PatternDiagnosis, diagnose_pattern
+from simuq_core.pattern.estimate import PatternEstimate
 from simuq_core.realdata.reader import MRC_SUFFIXES, measured_otf
 
 __all__ = ['PATTERN_SOURCES', 'blind_image_pattern', 'diagnosis_summary', 'pattern_source']

@@ -45,7 +45,8 @@ from flax import nnx
 
 from simuq_core.baselines.wiener_jax import wiener_sim_jax
 from simuq_core.optics.imaging import airy_psf, default_psf_size
-from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern, pattern_maps, pattern_variance
+from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern
+from simuq_core.pattern.maps import pattern_maps, pattern_variance
 
 __all__ = ["BACKBONES", "DROPOUT_SITES", "LIGHT_PATTERNS", "PSF_MODES", "UNET_UPSAMPLERS", "UPSAMPLERS", "SIMNet",
            "SIMNetConfig", "UNet", "model_psf_size"]

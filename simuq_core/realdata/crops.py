@@ -48,7 +48,8 @@ import numpy as np
 
 from simuq_core.io import write_json
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
-from simuq_core.pattern.estimate import PATTERN_KEYS, estimate_pattern_blind
+from simuq_core.pattern.blind import estimate_pattern_blind
+from simuq_core.pattern.estimate import PATTERN_KEYS
 from simuq_core.realdata.checks import InputError, angle_major_order
 from simuq_core.realdata.normalise import frame_gains, resolve_offset
 from simuq_core.realdata.reader import MRC_SUFFIXES, measured_otf, read_acquisition

@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.optics.spectra import freq_radius
-from simuq_core.pattern.estimate import OtfFunction, estimate_pattern_blind
+from simuq_core.pattern.blind import OtfFunction, estimate_pattern_blind
 from simuq_core.realdata.checks import InputError
 from simuq_core.realdata.normalise import resolve_offset
 from simuq_core.realdata.photon_transfer import periodic_smooth, photon_transfer

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from simuq_core.pattern.estimate import radial_otf
+from simuq_core.pattern.blind import radial_otf
 from simuq_core.realdata.checks import InputError, check_values
 
 __all__ = [

@@ -59,7 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from simuq_core.optics.imaging import box_mean_full, merged_psf_box_kernel
-from simuq_core.pattern.estimate import PatternEstimate, pattern_maps
+from simuq_core.pattern.estimate import PatternEstimate
+from simuq_core.pattern.maps import pattern_maps
 from simuq_core.uncertainty.frame_pairs import (
     add_same_angle,
     frame_pairs,
