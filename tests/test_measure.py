@@ -234,7 +234,7 @@ def test_simulate_stage_matches_a_measurement(measured, tmp_path):
     (photons, period, *_), _, m = measured
     path = tmp_path / "measured.json"
     path.write_text(json.dumps({"override": simulate_override([m])}))
-    params = tiny_params_file()
+    params = Path(tiny_params_file())
     simulate_main(["--params", str(params), "--out", str(tmp_path / "sim"), "--match", str(path), "--quiet"])
     manifest = json.loads((tmp_path / "sim" / "dataset.json").read_text())
     sim = manifest["params"]

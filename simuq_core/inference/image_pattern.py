@@ -37,8 +37,8 @@ def blind_image_pattern(x: np.ndarray, spec: dict[str, Any], pixel_nm: float | N
                         ) -> tuple[tuple[PatternEstimate, tuple[float, float]], PatternDiagnosis, float]:
     """The blind, full-field pattern of normalised frames ``x`` ``(F, H, W)`` for a real acquisition.
 
-    :func:`~simuq_core.pattern.estimate.diagnose_pattern` estimates the pattern over the whole field
-    (:func:`~simuq_core.pattern.estimate.estimate_pattern_blind`; the network's own estimate searches only
+    :func:`~simuq_core.pattern.blind.diagnose_pattern` estimates the pattern over the whole field
+    (:func:`~simuq_core.pattern.blind.estimate_pattern_blind`; the network's own estimate searches only
     ``period_lr × (1 ∓ tolerance)`` on a centred crop with a cross-correlation that fails near the
     OTF cut-off, e.g. TIRF-SIM) under the angle-major and the phase-major reading, so a weak
     pattern is not blamed on the frame order. The OTF cut-off ``k_c = 2NA/λ·pixel`` uses the
@@ -63,6 +63,6 @@ def blind_image_pattern(x: np.ndarray, spec: dict[str, Any], pixel_nm: float | N
 
 
 def diagnosis_summary(diag: PatternDiagnosis) -> dict[str, Any]:
-    return {"method": "blind full-field estimate (simuq_core.pattern.estimate.diagnose_pattern)", "ok": diag.ok,
+    return {"method": "blind full-field estimate (simuq_core.pattern.blind.diagnose_pattern)", "ok": diag.ok,
             "frame_order_suspect": diag.frame_order_suspect, "message": diag.message,
             "angle_major": diag.angle_major.as_dict(), "phase_major": diag.phase_major.as_dict()}

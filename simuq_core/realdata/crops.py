@@ -8,7 +8,7 @@ network. This module turns a set of files into batches without ever holding the 
    ``strict``), the *whole-acquisition* normalisation ``x = (raw − offset)/scale`` is fixed
    (``scale`` = the ``norm_percentile`` percentile of ``raw − offset`` over every frame and time
    point, as :func:`simuq_core.realdata.normalise.normalise` does for one stack) and the illumination is
-   estimated blind on the full field of view (:func:`~simuq_core.pattern.estimate.estimate_pattern_blind`:
+   estimated blind on the full field of view (:func:`~simuq_core.pattern.blind.estimate_pattern_blind`:
    one wave vector per angle shared by all time points, one phase per time point). The result
    and where the raw array lies in the file (byte offset, dtype, shape) are cached as one small
    JSON per file in the given cache folder, keyed by the file's path, size, modification time and

@@ -4,7 +4,7 @@
 ADU; :func:`simulate_override` turns one or more such measurements into a partial ``simulate``
 override (the format of ``ood.shifts``, merged by :func:`simuq_core.config.merge_override`).
 
-**Pattern**: the blind, full-band estimate :func:`~simuq_core.pattern.estimate.estimate_pattern_blind`
+**Pattern**: the blind, full-band estimate :func:`~simuq_core.pattern.blind.estimate_pattern_blind`
 (period and orientation per angle, modulation by band ratio, detection z).
 
 **Photon transfer**: the camera's gain and offset line (:mod:`simuq_core.realdata.photon_transfer`).

@@ -202,7 +202,7 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None, float | None, dict[
 def read_otf_profile(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """A Priism/DeltaVision radial OTF file (e.g. ``TIRF488_cam1_0_z30_OTF2d.mrc``): the ``(K,)``
     complex profile and its radial step in µm⁻¹ (header ``dx``), for
-    :func:`simuq_core.pattern.estimate.radial_otf`."""
+    :func:`simuq_core.pattern.blind.radial_otf`."""
     path = Path(path)
     data, step_nm, _, _ = _read_mrc(path)
     if step_nm is None or not _is_deltavision(path):
@@ -218,7 +218,7 @@ def measured_otf(path: str | os.PathLike, pixel_nm: float):
 @functools.lru_cache(maxsize=16)
 def _measured_otf(path: str | os.PathLike, pixel_nm: float):
     """The measured OTF in ``path`` (:func:`read_otf_profile`) as ``H(fy, fx)`` in cycles per camera
-    pixel of ``pixel_nm`` (:func:`simuq_core.pattern.estimate.radial_otf`), for the blind pattern search;
+    pixel of ``pixel_nm`` (:func:`simuq_core.pattern.blind.radial_otf`), for the blind pattern search;
     a missing or unusable file raises :class:`InputError` naming it."""
 
     path = Path(path)

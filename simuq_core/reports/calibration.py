@@ -96,7 +96,7 @@ def calibration_components(pred: Mapping[str, np.ndarray], ref: DebugReference, 
     """The ``emitter``, ``lp`` and ``rec`` components that have both a variance and a reference,
     and, with ``band`` (the samples' SIM passbands), ``emitter_band``: emitter and GT both
     restricted to the passband, with the variance propagated through that filter
-    (:class:`simuq_core.evaluation.quality.SimBand`), i.e. the calibration of the error the raw frames can
+    (:class:`simuq_core.evaluation.sim_band.SimBand`), i.e. the calibration of the error the raw frames can
     see at all.
 
     ``variance``: which variance of an ensemble prediction (:mod:`simuq_core.uncertainty.epistemic`) to judge:

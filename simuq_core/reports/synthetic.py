@@ -65,7 +65,7 @@ def model_truth(split: DatasetSplit, spec: dict[str, Any],
 def sim_band(split: DatasetSplit, spec: dict[str, Any], data_dir: str | os.PathLike) -> SimBand | None:
     """Each sample's SIM passband on the model grid (true pattern wave vectors and PSF NA from
     the metadata, emission wavelength and camera pixel from ``dataset.json``;
-    :class:`simuq_core.evaluation.quality.SimBand`). ``None`` when the split lacks GT or that metadata."""
+    :class:`simuq_core.evaluation.sim_band.SimBand`). ``None`` when the split lacks GT or that metadata."""
     if split.emitter is None or split.pattern_k is None or split.psf_na is None:
         return None
     psf = read_json(Path(data_dir) / "dataset.json")["params"]["psf"]

@@ -100,14 +100,14 @@ def pattern_jacobian(
     shape_lr: tuple[int, int],
     r: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """First-order error directions of :func:`simuq_core.pattern.estimate.pattern_maps` and their variances.
+    """First-order error directions of :func:`simuq_core.pattern.maps.pattern_maps` and their variances.
 
     For frame ``f = P·a + p`` with ``θ_f(x) = 2π k_a·(x − x_c) + φ_a + 2πp/P``:
     ``∂l_f/∂φ_a = −m_a sinθ_f``, ``∂l_f/∂k_a,y = −m_a sinθ_f·2π(y − y_c)``,
     ``∂l_f/∂k_a,x = −m_a sinθ_f·2π(x − x_c)``, ``∂l_f/∂m_a = cosθ_f`` — obtained here by forward-mode
     differentiation of ``pattern_maps`` itself, so the conventions cannot drift apart. The wave
     vector error is isotropic (both components variance ``v_k``), as in
-    :func:`simuq_core.pattern.estimate.pattern_variance`, so ``Σ_q J_q²·v_q`` equals that per-pixel variance.
+    :func:`simuq_core.pattern.maps.pattern_variance`, so ``Σ_q J_q²·v_q`` equals that per-pixel variance.
 
     pattern : the estimate (``k`` ``(B, A, 2)``, ``phase`` ``(B, A)``, ...); modulation and the
     variances ``(B, A)``. Returns ``jac`` ``(B, A, 4, P, r·H, r·W)`` (parameters ordered phase,

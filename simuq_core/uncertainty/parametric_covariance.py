@@ -54,7 +54,7 @@ _N_LP_TERMS = 6  # per-angle quadratic terms of the coherent LP errors (see _coh
 
 
 def _pattern_axes(pattern: PatternEstimate, shape_lr: tuple[int, int], r: int):
-    """1-D coordinates of :func:`simuq_core.pattern.estimate.pattern_maps`: ``y`` ``(B, Hh)``, ``x``
+    """1-D coordinates of :func:`simuq_core.pattern.maps.pattern_maps`: ``y`` ``(B, Hh)``, ``x``
     ``(B, Wh)`` (LR pixels from the image centre minus ``origin``) and the phase arguments
     ``2π k_y y + φ`` ``(B, A, Hh)``, ``2π k_x x`` ``(B, A, Wh)``."""
     h, w = shape_lr
@@ -159,7 +159,8 @@ def _trig_scalars(m_mean: jnp.ndarray, m: jnp.ndarray, var_phase: jnp.ndarray,
 
 def _error_basis(y, x, arg_y, arg_x) -> jnp.ndarray:
     """``{cos ψ_a, sin ψ_a}·{1, 2πy, 2πx}``, ``(B, A, 6, Hh, Wh)``: every column of
-    :func:`pattern_jacobian` is a per-frame combination of these (:func:`_coherent_coefficients`)."""
+    :func:`~simuq_core.uncertainty.frame_covariance.pattern_jacobian` is a per-frame combination of
+    these (:func:`_coherent_coefficients`)."""
     cos, sin = _cis_maps(arg_y, arg_x)
     ty = 2.0 * jnp.pi * y[:, None, :, None]
     tx = 2.0 * jnp.pi * x[:, None, None, :]

@@ -16,7 +16,7 @@ single one), for the pre-trained and the fine-tuned network:
   ``|z| < 1.96`` (ideal 1, 0.683, 0.95);
 - camera noise: the predicted observation-noise variance ``var_obs`` against the classical
   out-of-band estimate :func:`classical_noise_variance` (same window weights), pooled and per tile;
-- resolution by decorrelation analysis (:func:`~simuq_core.evaluation.quality.decorrelation_resolution`) of
+- resolution by decorrelation analysis (:func:`~simuq_core.evaluation.resolution.decorrelation_resolution`) of
   the widefield image (bilinearly up-sampled, ``max_freq = 0.5/rescale``) and of the emitter, next
   to the diffraction limits ``λ/(2NA)`` and ``λ/(2(NA + NA·|k|/k_c))`` of widefield and SIM;
 - how structured the emitter std is: ``p95/mean`` (≈ 1 for a flat map).
