@@ -1,147 +1,136 @@
-"""Prediction throughput with uncertainty, and what the std maps cost.
+"""What a user runs, end to end: ``python -m stages.predict`` against napari-sim-processor.
 
-    python benchmarks/bench_predict.py [--quick] [--size 256]
+    python benchmarks/bench_predict.py --model MODEL [--params PARAMS] [--sizes 512 2048]
+                                       [--period-hint 2.87] [--repeats 1]
 
-Writes reports/bench/predict.json. Model: ``models/selfsup`` when it has been trained, else a
-freshly initialised network of the default profile (``params.yaml``; speed does not depend on the
-weights); the JSON says which. Input: one simulated stack of ``size × size`` camera pixels,
-tiles of the training crop (``simulate.lr_h``), ``predict.overlap`` and ``predict.batch_size``.
-Times exclude the one-off JIT compiles (reported separately) and file I/O.
+Writes reports/bench/predict_cli.json. Inputs: square stacks of ``size²`` camera pixels made by
+tiling the shipped real acquisition (``examples/rdl_sim_microtubules/MT.mrc``, 9 × 256²) with
+mirrored copies, written as uint16 TIFFs with their pixel size; every tool sees the same file.
 
-- ``end_to_end``: :class:`simuq_core.inference.files.TiledPredictor` (tiling, image-level context pass,
-  network, variance propagation, blending of every mean and std map): camera megapixels per
-  second; the same with per-tile context (no statistics pass) and with a mean-only network.
-- ``forward``: one jitted batch of tiles. ``with_uncertainty`` = the network with its
-  log-variance heads + :func:`simuq_core.network.forward.predict` (bounded variances, exact
-  propagation to ``Var(rec)``, ``Var(S)``); ``mean_only`` = the same architecture without UQ heads
-  (``uq.targets = []``, ``obs_noise = none``) + :func:`simuq_core.optics.imaging.forward_model` only.
-  ``std_cost_ratio`` = with_uncertainty / mean_only.
+For each size, each measured in its own process (``os.wait4`` gives that process's peak RSS):
+
+- ``simuq``: the predict command with the given model and params, the way a user calls it
+  (read, blind pattern, Wiener image, network, OOD check, writing every map), first in a process
+  with an empty compilation cache (``cold``: what a first run pays) and then again (``warm``:
+  every later run). Wall time, throughput in camera megapixels per second, peak RSS, and the time
+  per phase from the output's ``summary.json`` (``timings_s``).
+- ``napari_sim_processor``: its ``ConvSimProcessor`` (``calibrate``: pattern estimation, then
+  ``reconstruct_rfftw``: classical SIM), with the period hint, in a fresh process; the time counts
+  from reading the file to the reconstruction in memory (the tool writes nothing).
+
+``ratio_warm``: simuq's warm throughput over napari-sim-processor's (≥ 1: simuq is as fast).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import yaml
-from _common import ROOT, machine, time_call, write_report
-from flax import nnx
+import tifffile
+from _common import ROOT, machine, write_report
 
-from simuq_core.config import parse_params
-from simuq_core.inference.predictor import TiledPredictor
-from simuq_core.network.forward import build_model, model_spec, predict
-from simuq_core.optics.imaging import forward_model
-from simuq_core.realdata.normalise import normalise
-from simuq_core.simulation.samples import sample_rng, simulate_sample
+MT = ROOT / "examples" / "rdl_sim_microtubules" / "MT.mrc"
+PIXEL_NM, NA, EMISSION_NM = 62.6, 1.47, 525.0
 
-
-def _model(params):
-    """The trained selfsup model if present, else a fresh default-profile one, and its spec."""
-    model_dir = ROOT / "models" / "selfsup"
-    if (model_dir / "model.npz").exists() and (model_dir / "model.json").exists():
-        from simuq_core.network.store import load_model
-
-        model, spec = load_model(model_dir)
-        return model, spec, f"trained: {model_dir.relative_to(ROOT)}"
-    model = build_model(params.model, params.uq, 9, 0)
-    return model, model_spec(params.model, params.uq, 9), "freshly initialised (params.yaml)"
+_NAPARI = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np, tifffile
+sys.path.insert(0, {bench!r})
+from crosscheck_classical import Optics, run_napari
+raw = tifffile.imread(sys.argv[1]).astype(np.float64)
+res = run_napari(raw, 0.0, Optics({na}, {emission}, {pixel}), float(sys.argv[2]))
+print(json.dumps({{"seconds": time.perf_counter() - t0, "shape": list(res.recon.shape)}}))
+"""
 
 
-def _jitted(model, fn):
-    graphdef, state = nnx.split(model)
-    run = jax.jit(lambda state, x: fn(nnx.merge(graphdef, state), x))
-    return lambda x: jax.block_until_ready(run(state, x))
+def make_stack(size: int, folder: Path) -> Path:
+    """``size²`` camera px tiled from MT.mrc with mirrored copies (no seam jumps), uint16 TIFF."""
+    from simuq_core.realdata.reader import read_acquisition
+
+    frames = read_acquisition(MT).frames[0]  # (9, 256, 256)
+    f, h, w = frames.shape
+    reps = (size + h - 1) // h
+    tiled = np.concatenate([np.concatenate([frames if (i + j) % 2 == 0 else frames[:, ::-1, ::-1]
+                                            for j in range(reps)], axis=2) for i in range(reps)], axis=1)
+    stack = np.clip(tiled[:, :size, :size], 0, 65535).astype(np.uint16)
+    path = folder / f"stack_{size}.tif"
+    tifffile.imwrite(path, stack, imagej=True, resolution=(1000.0 / PIXEL_NM,) * 2,
+                     metadata={"axes": "ZYX", "unit": "um"})
+    return path
 
 
-def _first_call_s(fn, *args) -> float:
+_LAUNCH = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+           "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+           "sys.exit(r.returncode)")
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GB) and stdout of one process (run under a launcher whose
+    ``RUSAGE_CHILDREN`` is that process alone)."""
     t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    rss_kb = int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")))
+    return seconds, rss_kb / 1e6, proc.stdout
+
+
+def bench_simuq(stack: Path, model: str, params: str, folder: Path, cache: Path, label: str) -> dict:
+    env = {**os.environ, "SIMUQ_COMPILE_CACHE": str(cache)}
+    out = folder / f"out_{label}"
+    cmd = [sys.executable, "-m", "stages.predict", "--model", model, "--params", params, "--input", str(stack),
+           "--out", str(out), "--quiet", "--pattern", "blind"]
+    seconds, rss, _ = run_measured(cmd, env)
+    summary = json.loads((out / stack.stem / "summary.json").read_text())
+    mp = float(np.prod(summary["input_shape"][-2:])) / 1e6
+    return {"seconds": seconds, "mp_per_s": mp / seconds, "peak_rss_gb": rss,
+            "phases_s": summary.get("timings_s"), "tiling": {k: summary["tiling"][k] for k in
+                                                             ("tile", "n_tiles", "batch_size", "context")},
+            "maps": sorted(summary["maps"]), "ood": (summary.get("ood") or {}).get("terms")}
+
+
+def bench_napari(stack: Path, period_hint: float) -> dict:
+    script = _NAPARI.format(bench=str(ROOT / "benchmarks"), na=NA, emission=EMISSION_NM, pixel=PIXEL_NM)
+    seconds, rss, out = run_measured([sys.executable, "-c", script, str(stack), str(period_hint)], dict(os.environ))
+    inner = json.loads(out.strip().splitlines()[-1])
+    size = tifffile.imread(stack).shape[-1]
+    return {"seconds": seconds, "seconds_in_process": inner["seconds"], "mp_per_s": size**2 / 1e6 / seconds,
+            "peak_rss_gb": rss}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small image, few repetitions")
-    parser.add_argument("--size", type=int, default=None, help="camera px per side")
+    parser.add_argument("--model", required=True, help="model folder (e.g. pipelines/real/finetuned)")
+    parser.add_argument("--params", default=str(ROOT / "pipelines" / "real" / "params.yaml"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--period-hint", type=float, default=2.87, help="napari-sim-processor's search hint")
     args = parser.parse_args()
-    size = args.size or (96 if args.quick else 256)
-    reps = 2 if args.quick else 5
-
-    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    model, spec, which = _model(params)
-    uq = params.uq.model_copy(update={"targets": spec["uq"]["targets"],
-                                      "obs_noise": spec["uq"]["obs_noise"]})
-    tile, overlap, batch = params.simulate.lr_h, params.predict.overlap, params.predict.batch_size
-    sim = params.simulate.model_copy(update={"lr_h": size, "lr_w": size})
-    raw = simulate_sample(sample_rng(0, "test", 0), sim).raw
-    x, _ = normalise(raw, sim.noise.offset_adu, params.predict.norm_percentile, "bench")
-    megapixels = size * size / 1e6
-    report: dict = {"machine": machine(), "model": which, "image_px": [size, size],
-                    "tile": tile, "overlap": overlap, "batch_size": batch,
-                    "uq_targets": list(uq.targets), "obs_noise": uq.obs_noise}
-
-    # -- end to end --------------------------------------------------------------------------
-    mean_uq = uq.model_copy(update={"targets": [], "obs_noise": "none"})
-    mean_model = build_model(params.model, mean_uq, 9, 0)
-    mean_spec = model_spec(params.model, mean_uq, 9)
-    end_to_end = {}
-    for name, (m, s, context) in {"with_uncertainty": (model, spec, "image"),
-                                  "per_tile_context": (model, spec, "tile"),
-                                  "mean_only_network": (mean_model, mean_spec, "image")}.items():
-        predictor = TiledPredictor(m, s, tile, overlap, batch, context=context)
-        compile_s = _first_call_s(predictor, x)
-        t = time_call(lambda p=predictor: p(x), reps=reps, warmup=0)
-        _, info = predictor(x)
-        end_to_end[name] = {**t, "megapixels_per_s": megapixels / t["median_s"],
-                            "first_call_s": compile_s, "n_tiles": info["n_tiles"],
-                            "batch_size": info["batch_size"], "context": info["context"]}
-    report["end_to_end"] = end_to_end
-    report["end_to_end_std_cost_ratio"] = (end_to_end["with_uncertainty"]["median_s"]
-                                           / end_to_end["mean_only_network"]["median_s"])
-    report["image_context_overhead"] = (end_to_end["with_uncertainty"]["median_s"]
-                                        / end_to_end["per_tile_context"]["median_s"])
-
-    # -- one batch of tiles ------------------------------------------------------------------
-    tiles = jnp.asarray(np.stack([x[:, :tile, :tile]] * batch))
-
-    def with_uncertainty(m, xb):
-        return predict(m, xb, uq)
-
-    def mean_only(m, xb):
-        out = m(xb)
-        return forward_model(out["emitter"], out["light_pattern"], out["psf"], m.rescale,
-                             out.get("background"))
-
-    forward = {}
-    for name, (m, fn) in {"with_uncertainty": (model, with_uncertainty),
-                          "mean_only": (mean_model, mean_only)}.items():
-        run = _jitted(m, fn)
-        compile_s = _first_call_s(run, tiles)
-        # Interleaving is not needed here: each is timed over many short calls.
-        t = time_call(lambda r=run: r(tiles), reps=reps * 4, warmup=1)
-        forward[name] = {**t, "first_call_s": compile_s,
-                         "ms_per_tile": 1000 * t["median_s"] / batch,
-                         "megapixels_per_s": batch * tile * tile / 1e6 / t["median_s"]}
-    report["forward"] = forward
-    report["std_cost_ratio"] = forward["with_uncertainty"]["min_s"] / forward["mean_only"]["min_s"]
-    report["end_to_end_over_tile_forwards"] = (
-        end_to_end["with_uncertainty"]["median_s"]
-        / (end_to_end["with_uncertainty"]["n_tiles"] / batch
-           * forward["with_uncertainty"]["median_s"]))  # context pass, host copies, blending
-
-    path = write_report("predict", report)
-    print(json.dumps({
-        "model": which, "image_px": size,
-        "megapixels_per_s": round(end_to_end["with_uncertainty"]["megapixels_per_s"], 4),
-        "std_cost_ratio (forward)": round(report["std_cost_ratio"], 3),
-        "std_cost_ratio (end to end)": round(report["end_to_end_std_cost_ratio"], 3),
-        "image_context_overhead": round(report["image_context_overhead"], 3),
-    }, indent=2))
-    print("wrote", path)
+    report: dict = {"machine": machine(), "model": args.model, "params": args.params, "sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for size in args.sizes:
+            stack = make_stack(size, folder)
+            cache = folder / f"cache_{size}"
+            row = {"napari_sim_processor": bench_napari(stack, args.period_hint),
+                   "simuq_cold": bench_simuq(stack, args.model, args.params, folder, cache, f"{size}_cold"),
+                   "simuq_warm": bench_simuq(stack, args.model, args.params, folder, cache, f"{size}_warm")}
+            row["ratio_warm"] = row["simuq_warm"]["mp_per_s"] / row["napari_sim_processor"]["mp_per_s"]
+            row["compile_s"] = row["simuq_cold"]["seconds"] - row["simuq_warm"]["seconds"]
+            report["sizes"][str(size)] = row
+            print(json.dumps({size: {k: (v if not isinstance(v, dict) else
+                                         {kk: vv for kk, vv in v.items() if kk in ("seconds", "mp_per_s",
+                                                                                   "peak_rss_gb")})
+                                     for k, v in row.items()}}, indent=1), flush=True)
+    print("wrote", write_report("predict_cli", report))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from simuq_core.config import Params, ParamsError, parse_params, parse_section
+from simuq_core.config import Params, ParamsError, parse_params, read_sections  # noqa: F401 (stages import it from here)
 
 
 def repo_root() -> Path:
@@ -31,19 +31,6 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         return parse_params(raw, source=str(path))
     except ParamsError as exc:
         sys.exit(f"error: {exc}")
-
-
-def read_sections(path: str | os.PathLike, *names: str) -> tuple:
-    """``(raw, section, ...)``: the parsed params file and the named sections only, each with the
-    ``microscope`` section's facts copied in and validated (the microscope too), for commands that
-    also run on a params file without the training stages' sections. A missing file reads as
-    empty; bad YAML or values raise :class:`ParamsError` naming the file and keys."""
-    path = Path(path)
-    try:
-        raw = (yaml.safe_load(path.read_text()) if path.exists() else {}) or {}
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return (raw, *(parse_section(raw, name, str(path)) for name in names))
 
 
 def setup_logging() -> None:

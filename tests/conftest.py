@@ -27,6 +27,7 @@ JAX_CACHE_DIR = os.environ.get("SIMUQ_TEST_CACHE") or os.path.join(
     os.path.dirname(os.path.dirname(__file__)), ".cache", "jax"
 )
 jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
+os.environ.setdefault("SIMUQ_COMPILE_CACHE", JAX_CACHE_DIR)  # predict's own cache: the same folder
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 

@@ -12,7 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top: a module may import only from its own subpackage or one listed before it.
 LAYERS = ["optics", "io", "config", "tracking", "pattern", "baselines", "simulation", "realdata",
-          "uncertainty", "network", "evaluation", "training", "inference", "reports", "workflows"]
+          "uncertainty", "network", "evaluation", "training", "inference", "reports", "workflows", "cli"]
 
 
 def _module_file(module: str) -> Path:

@@ -467,7 +467,7 @@ def mixed_run(trained, tmp_path_factory):
     expected = _write_inputs(root / "in")
     rc = predict_main(["--params", TINY, "--model", str(model_dir), "--input",
                        str(root / "in" / "*.tif"), "--out", str(root / "out"), "--quiet",
-                       "--tile", "16"])
+                       "--tile", "16", "--epistemic", "2"])
     return rc, root / "out", expected
 
 
@@ -510,7 +510,7 @@ def test_outputs_round_trip_with_axes_and_metadata(mixed_run, trained):
                 "deconv_std": ("ZYX", (9, 64, 64)),
                 "psf": ("YX", (spec["psf_size"],) * 2), "psf_std": ("YX", (spec["psf_size"],) * 2),
                 "wiener": ("YX", (64, 64)), "wiener_std": ("YX", (64, 64)),  # predict.wiener
-                # the tiny profile trains with dropout: MC-dropout epistemic maps by default
+                # the tiny profile trains with dropout: MC-dropout epistemic maps with --epistemic
                 "emitter_epi_std": ("YX", (64, 64)), "emitter_total_std": ("YX", (64, 64)),
                 "rec_total_std": ("ZYX", (9, 32, 32))}
     assert set(summary["maps"]) == set(expected)
@@ -540,6 +540,49 @@ def test_outputs_round_trip_with_axes_and_metadata(mixed_run, trained):
             assert data.min() >= 0
     lp = tifffile.imread(out / "good_uint16" / "lp.tif")
     np.testing.assert_allclose(lp.mean(axis=0), 1.0, atol=1e-4)
+
+
+def test_default_predict_runs_no_mc_passes_and_checks_ood_on_the_data_terms(trained, tmp_path):
+    """MC-dropout passes are opt-in: by default the dropout model runs once, writes no epistemic
+    maps, and its OOD check uses only the terms it has (the raw-frame misfit), never the
+    reference's epistemic threshold: a tiny epistemic threshold does not flag, a tiny misfit one does."""
+    _, _, model_dir = trained
+    tifffile.imwrite(tmp_path / "a.tif", _stack(32, 1).raw)
+    flags = {}
+    for name, (epi, misfit) in {"epi_tiny": (1e-12, 1e12), "misfit_tiny": (1e12, 1e-12)}.items():
+        ref = tmp_path / f"{name}.json"
+        ref.write_text(json.dumps({"percentile": 99.0, "n_val": 4, "epistemic": {"threshold": epi, "median": 0.0},
+                                   "misfit": {"threshold": misfit, "median": 1.0}}))
+        rc = predict_main(["--params", TINY, "--model", str(model_dir), "--input", str(tmp_path / "a.tif"),
+                           "--out", str(tmp_path / name), "--quiet", "--tile", "16", "--ood-reference", str(ref)])
+        summary = json.loads((tmp_path / name / "a" / "summary.json").read_text())
+        assert rc == 0 and "emitter_epi_std" not in summary["maps"]
+        assert summary["ood"]["terms"] == ["misfit"]
+        flags[name] = summary["ood"]["flagged"]
+    assert flags == {"epi_tiny": False, "misfit_tiny": True}
+
+
+def test_a_second_predict_process_compiles_nothing_new(trained, tmp_path):
+    """The persistent compilation cache: the first process fills it, an identical second process
+    finds every program there and adds no entry."""
+    import os
+    import subprocess
+    import sys
+
+    _, _, model_dir = trained
+    tifffile.imwrite(tmp_path / "a.tif", _stack(32, 1).raw)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "SIMUQ_COMPILE_CACHE": str(cache)}
+
+    def run(out: str) -> set[str]:
+        subprocess.run([sys.executable, "-m", "stages.predict", "--params", TINY, "--model", str(model_dir),
+                        "--input", str(tmp_path / "a.tif"), "--out", str(tmp_path / out), "--quiet",
+                        "--tile", "16"], cwd=ROOT, env=env, check=True, capture_output=True)
+        return {p.name for p in cache.iterdir()}
+
+    first = run("one")
+    assert first, "the first process wrote compiled programs"
+    assert run("two") == first
 
 
 def test_usage_errors_exit_with_status_2(trained, tmp_path, capsys):

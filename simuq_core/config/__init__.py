@@ -19,6 +19,7 @@ from simuq_core.config.load import (
     params_hash,
     parse_params,
     parse_section,
+    read_sections,
 )
 from simuq_core.config.microscope import MICROSCOPE_KEYS, MicroscopeParams, apply_microscope
 from simuq_core.config.sections import (
@@ -47,5 +48,5 @@ __all__ = [
     "FinetuneParams", "LightPatternParams", "MicroscopeParams", "ModelParams", "NoiseParams", "OODParams",
     "ObjectParams", "OpticsPrior", "Params", "ParamsError", "PredictParams", "PsfParams", "QualityParams",
     "SimulateParams", "TrainParams", "UQParams", "apply_microscope", "apply_profile",
-    "format_validation_error", "merge_override", "params_hash", "parse_params", "parse_section",
+    "format_validation_error", "merge_override", "params_hash", "parse_params", "parse_section", "read_sections",
 ]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError, create_model
@@ -15,7 +17,8 @@ from simuq_core.config.base import ParamsError, _Strict, merge_override
 from simuq_core.config.microscope import MicroscopeParams, apply_microscope
 from simuq_core.config.sections import Params
 
-__all__ = ['apply_profile', 'format_validation_error', 'params_hash', 'parse_params', 'parse_section']
+__all__ = ['apply_profile', 'format_validation_error', 'params_hash', 'parse_params', 'parse_section',
+           'read_sections']
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -99,3 +102,20 @@ def apply_profile(base: Any, overlay: Any, source: str = "profile") -> dict[str,
     merged = merge_override(base, overlay)
     parse_params(merged, source=f"{source} over params.yaml")
     return merged
+
+
+def read_sections(path: str | os.PathLike | None, *names: str) -> tuple:
+    """``(raw, section, ...)``: the parsed params file and the named sections only, each with the
+    ``microscope`` section's facts copied in and validated (the microscope too), for commands that
+    also run on a params file without the training stages' sections. ``None`` or a missing file
+    reads as empty (every section at its defaults); bad YAML or values raise :class:`ParamsError`
+    naming the file and keys."""
+    import yaml
+
+    path = Path(path) if path is not None else None
+    try:
+        raw = (yaml.safe_load(path.read_text()) if path is not None and path.exists() else {}) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    source = str(path) if path is not None else "defaults"
+    return (raw, *(parse_section(raw, name, source) for name in names))

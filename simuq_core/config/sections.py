@@ -362,6 +362,10 @@ class PredictParams(_Strict):
         0, ge=0, description="camera px next to a tile's shared edges that get blending weight 0 "
         "(< overlap/2): a tile's edge, where its emitter is undetermined, never enters the maps")
     batch_size: int = Field(8, ge=1, le=1024, description="tiles per forward pass")
+    mc_passes: int = Field(
+        0, ge=0, le=256, description="MC-dropout passes for the epistemic / total std maps of a model "
+        "trained with dropout (each costs one network pass; 0 = the deterministic network, whose OOD "
+        "check uses the raw-frame misfit and the input statistics)")
     context: Literal["auto", "image", "crops", "tile"] = Field(
         "auto", description="GroupNorm statistics / PSF features of a tiled image: pooled over "
         "the image, the mean of tile-sized crops' own (for models trained or fine-tuned on crops "

@@ -89,6 +89,23 @@ _PIXEL_SIZE_TOLERANCE = 0.1
 _MIN_SIZE = 8
 
 
+class _Clock:
+    """Wall time per phase of one prediction (``summary.json``'s ``timings_s``): the time since
+    the previous lap, under the lap's name."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 4)
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def read_input(path: str | os.PathLike, n_frames: int, n_angles: int, frame_order: str) -> Acquisition:
     """``path`` through :func:`~simuq_core.realdata.reader.read_acquisition` for a model of
     ``n_frames`` frames; the value checks' warnings are kept in ``Acquisition.warnings`` (not
@@ -145,7 +162,8 @@ def _unique_names(paths: list[Path]) -> list[str]:
 def _model_info(model_dir: str | os.PathLike, spec: dict[str, Any]) -> dict[str, Any]:
     return {"dir": str(model_dir), "mode": spec.get("mode"), "params_hash": spec.get("params_hash"),
             "dataset_sha256": spec.get("dataset_sha256"), "rescale": spec["model"]["rescale"],
-            "n_frames": spec["n_frames"], "n_angles": spec["model"]["light_pattern"]["n_angles"], "uq_targets": list(spec["uq"]["targets"]),
+            "n_frames": spec["n_frames"], "n_angles": spec["model"]["light_pattern"]["n_angles"],
+            "uq_targets": list(spec["uq"]["targets"]),
             "obs_noise": spec["uq"]["obs_noise"], "psf_size": spec["psf_size"]}
 
 
@@ -161,21 +179,25 @@ def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
     in-distribution thresholds of the OOD score: an input above them is flagged."""
     path = Path(path)
     n_angles = int(predictor.spec["model"]["light_pattern"]["n_angles"])
+    t0 = time.perf_counter()
     acq = read_input(path, predictor.n_frames, n_angles, cfg.frame_order)
+    read_s = time.perf_counter() - t0
     n_t = acq.frames.shape[0]
     results = []
     for t in range(n_t):
         source = str(path) if n_t == 1 else f"{path} (time point {t})"
         out_name = name if n_t == 1 else f"{name}_t{t:03d}"
         results.append(_predict_time_point(acq, t, source, Path(out_dir) / out_name, predictor, cfg, model,
-                                           wiener, pattern, period_hint, ood_reference))
+                                           wiener, pattern, period_hint, ood_reference, read_s / n_t))
     return results
 
 
 def _predict_time_point(acq: Acquisition, t: int, source: str, out: Path, predictor: TiledPredictor,
                         cfg: PredictParams, model: dict[str, Any], wiener, pattern: str,
-                        period_hint: float | None, ood_reference: dict[str, Any] | None) -> FileResult:
-    t0 = time.perf_counter()
+                        period_hint: float | None, ood_reference: dict[str, Any] | None,
+                        read_s: float = 0.0) -> FileResult:
+    clock = _Clock()
+    clock.laps["read"] = round(read_s, 4)
     path, spec, raw = Path(acq.path), predictor.spec, acq.frames[t]
     offset, offset_source = resolve_offset(cfg.norm_offset, path, acq.metadata)
     warnings = [w for w in acq.warnings if acq.frames.shape[0] == 1 or f"(time point {t})" in w]
@@ -192,15 +214,17 @@ def _predict_time_point(acq: Acquisition, t: int, source: str, out: Path, predic
              else ([], None))
     warnings += order[0]
     x, norm = normalise(raw, offset, cfg.norm_percentile, source, offset_source, cfg.equalize_frames)
+    clock.lap("checks_and_normalise")
     image_pattern = diag = None
     if blind:
         image_pattern, diag, cutoff = blind_image_pattern(x, spec, acq.pixel_nm, acq.wavelength_nm, source,
                                                           period_hint, cfg.otf_file)
         if not diag.ok:
             warnings.append(diag.message)
+    clock.lap("pattern")
     maps, tiling = predictor(x, desc=path.name, pattern=image_pattern)
-    ood = (ood_check(x, maps, ood_reference, source)
-           if predictor.epistemic_samples or (ood_reference and "epistemic" not in ood_reference) else None)
+    clock.lap("network")
+    ood = ood_check(x, maps, ood_reference, source) if predictor.epistemic_samples or ood_reference else None
     if ood is not None and ood.get("flagged"):
         warnings.append(ood["message"])
     wiener_info = None
@@ -209,6 +233,7 @@ def _predict_time_point(acq: Acquisition, t: int, source: str, out: Path, predic
                                                 maps.get("rec_std")) if diag is not None
                               else wiener_maps(x, spec, wiener, maps.get("rec_std")))
         maps |= extra
+    clock.lap("ood_and_wiener")
     summary: dict[str, Any] = {
         "input": source, "input_shape": list(acq.file_shape), "input_dtype": acq.dtype,
         "layout": acq.layout, "time_point": t,
@@ -225,12 +250,13 @@ def _predict_time_point(acq: Acquisition, t: int, source: str, out: Path, predic
     if ood is not None:
         summary["ood"] = ood
     camera_nm = acq.pixel_nm or model_pixel_nm
-    _write_maps(out, maps, summary, model, norm, source, camera_nm, predictor.rescale, t0)
+    summary["timings_s"] = clock.laps
+    _write_maps(out, maps, summary, model, norm, source, camera_nm, predictor.rescale, clock)
     return FileResult(source, True, str(out), None, warnings, summary)
 
 
 def _write_maps(out: Path, maps: dict[str, np.ndarray], summary: dict[str, Any], model: dict[str, Any],
-                norm, source: str, camera_nm: float, rescale: int, t0: float) -> None:
+                norm, source: str, camera_nm: float, rescale: int, clock: _Clock) -> None:
     """Every map as an ImageJ TIFF with its pixel size and metadata, and ``summary.json``, in a
     folder that appears complete or not at all."""
     pixel = {"camera": camera_nm, "model": camera_nm / rescale, "psf": camera_nm / rescale}
@@ -244,7 +270,8 @@ def _write_maps(out: Path, maps: dict[str, np.ndarray], summary: dict[str, Any],
                                          "shape": list(array_out.shape), "grid": grid_kind,
                                          "pixel_nm": pixel[grid_kind], "description": description,
                                          **map_stats(array_out)}
-        summary["seconds"] = time.perf_counter() - t0
+        clock.lap("write")
+        summary["seconds"] = clock.total()
         write_json(work / "summary.json", summary)
 
 

@@ -31,13 +31,19 @@ def ood_check(x: np.ndarray, maps: dict[str, np.ndarray], reference: dict[str, A
                 maps.get("rec_total_std", maps["rec_std"]), np.float64)), 1e-30)[None]}
     input_model = (reference or {}).get("input_model")
     scores = {k: float(v[0]) for k, v in ood_scores(pred, np.asarray(x)[None], input_model).items()}
-    out: dict[str, Any] = {"scores": scores}
+    # Without MC-dropout passes there is no epistemic spread: the check rests on the data-only
+    # terms (the raw-frame misfit under the predicted variance, and the input statistics).
+    passes = "emitter_epi_std" in maps and "rec_total_std" in maps
+    if not passes:
+        scores.pop("epistemic")
+    out: dict[str, Any] = {"scores": scores, "terms": sorted(scores)}
     if reference is None:
         out["flagged"] = None
         out["message"] = "no in-distribution reference given: not checked"
         return out
-    if "epistemic" in reference and ("emitter_epi_std" not in maps or "rec_total_std" not in maps):
-        raise InputError(f"{source}: OOD scores unavailable for this model (needs MC-dropout passes)")
+    if not any(name in reference for name in scores):
+        raise InputError(f"{source}: the OOD reference has none of the scores {sorted(scores)} (needs "
+                         "MC-dropout passes: --epistemic N)")
     flags = ood_flags({k: np.asarray([v]) for k, v in scores.items()}, reference)
     ratios = {k: float(v[0]) for k, v in flags.items() if k != "flagged"}
     flagged = bool(flags["flagged"][0])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from simuq_core.baselines.wiener import wiener_options
-from simuq_core.config import Params
+from simuq_core.config import BaselineParams, PredictParams
 from simuq_core.inference.files import PredictReport, predict_files
 from simuq_core.inference.ood import OOD_REFERENCE_FILE
 from simuq_core.inference.predictor import resolve_tile
@@ -23,7 +23,37 @@ from simuq_core.io import read_json
 from simuq_core.network.store import load_model
 from simuq_core.realdata.reader import find_inputs
 
-__all__ = ["PredictUsageError", "RunOptions", "run_predict"]
+__all__ = ["PredictUsageError", "RunOptions", "compile_cache_dir", "enable_compile_cache", "run_predict"]
+
+
+def compile_cache_dir() -> Path:
+    """Where compiled XLA programs are kept between processes: ``SIMUQ_COMPILE_CACHE`` if set, else
+    ``$XDG_CACHE_HOME/simuq/jax`` (``~/.cache/simuq/jax``)."""
+    env = os.environ.get("SIMUQ_COMPILE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "simuq" / "jax"
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """JAX's persistent compilation cache at ``path`` (default :func:`compile_cache_dir`), so a
+    second process with the same model and tile shapes loads its programs instead of compiling
+    them (the first call of a predict process is otherwise mostly compilation). ``SIMUQ_COMPILE_CACHE=off``
+    disables it; a cache folder that cannot be created leaves compilation as it is. Returns the
+    folder used, or ``None``."""
+    import jax
+
+    if os.environ.get("SIMUQ_COMPILE_CACHE", "").lower() == "off":
+        return None
+    folder = Path(path) if path is not None else compile_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
 
 
 class PredictUsageError(ValueError):
@@ -35,7 +65,7 @@ class PredictUsageError(ValueError):
 class RunOptions:
     """What a caller may choose beyond the ``predict`` section: ``context`` (``None``: the
     section's), ``pattern`` (``auto`` / ``model`` / ``blind``), ``epistemic`` MC-dropout passes
-    (``None``: ``epistemic.n_samples`` for a model with dropout, else 0), ``ood_reference``
+    (``None``: ``predict.mc_passes``; a model without dropout has none), ``ood_reference``
     (``None``: the model folder's own, if any) and ``progress`` bars."""
 
     context: str | None = None
@@ -45,25 +75,24 @@ class RunOptions:
     progress: bool = True
 
 
-def _reference(model_dir: Path, given: str | os.PathLike | None, n_epi: int) -> dict[str, Any] | None:
+def _reference(model_dir: Path, given: str | os.PathLike | None) -> dict[str, Any] | None:
     own = model_dir / OOD_REFERENCE_FILE
     ref = Path(given) if given else (own if own.is_file() else None)
     if ref is None:
         return None
     if not ref.exists():
         raise PredictUsageError(f"--ood-reference {ref}: no such file (run the epistemic stage)")
-    reference = read_json(ref)
-    if n_epi == 0 and "epistemic" in reference:
-        raise PredictUsageError("--ood-reference needs epistemic passes (a model trained with dropout, "
-                                "--epistemic N > 0)")
-    return reference
+    return read_json(ref)
 
 
-def run_predict(model_dir: str | os.PathLike, patterns: list[str], out: str | os.PathLike, params: Params,
+def run_predict(model_dir: str | os.PathLike, patterns: list[str], out: str | os.PathLike, cfg: PredictParams,
+                baseline: BaselineParams, *, epistemic_seed: int = 0, fallback_tile: int | None = None,
                 options: RunOptions = RunOptions()) -> PredictReport:
     """Reconstruct every file matching ``patterns`` into ``out`` with the model in ``model_dir``
-    (module docstring); raises :class:`PredictUsageError` before any work when the request cannot
-    run, and otherwise reports per input (a bad file never stops the others)."""
+    (module docstring), with the ``predict`` section ``cfg`` and the ``baseline`` section's Wiener
+    options; ``fallback_tile``: the tile when neither ``cfg.tile`` nor the model records a training
+    crop. Raises :class:`PredictUsageError` before any work when the request cannot run, and
+    otherwise reports per input (a bad file never stops the others)."""
     inputs = find_inputs(patterns)
     if not inputs:
         raise PredictUsageError(f"no input matches {patterns}")
@@ -71,18 +100,16 @@ def run_predict(model_dir: str | os.PathLike, patterns: list[str], out: str | os
     if not (model_dir / "model.json").exists():
         raise PredictUsageError(f"{model_dir}: no model.json (train a model first)")
     model, spec = load_model(model_dir)
-    cfg, sim = params.predict, params.simulate
     try:
-        tile = resolve_tile(cfg.tile, spec, fallback=min(sim.lr_h, sim.lr_w))
-        wiener = (wiener_options(params.baseline, cfg.wiener_w or params.baseline.wiener_w[0])
-                  if cfg.wiener else None)
-        n_epi = (options.epistemic if options.epistemic is not None
-                 else params.epistemic.n_samples if float(spec["model"].get("dropout", 0.0)) > 0 else 0)
-        reference = _reference(model_dir, options.ood_reference, n_epi)
+        tile = resolve_tile(cfg.tile, spec, fallback=fallback_tile)
+        wiener = wiener_options(baseline, cfg.wiener_w or baseline.wiener_w[0]) if cfg.wiener else None
+        n_epi = options.epistemic if options.epistemic is not None else cfg.mc_passes
+        n_epi = n_epi if float(spec["model"].get("dropout", 0.0)) > 0 else 0
+        reference = _reference(model_dir, options.ood_reference)
         return predict_files(inputs, out, model, spec, model_dir, cfg, tile, progress=options.progress,
                              context=options.context or cfg.context, wiener=wiener, pattern=options.pattern,
                              period_hint=cfg.period_hint, epistemic_samples=n_epi,
-                             epistemic_seed=params.epistemic.seed, ood_reference=reference)
+                             epistemic_seed=epistemic_seed, ood_reference=reference)
     except PredictUsageError:
         raise
     except ValueError as exc:  # tile / overlap incompatible with the model

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import fft as sfft
 
 from simuq_core.pattern.estimate import PatternEstimate
 
@@ -103,6 +104,15 @@ def radial_otf(profile: np.ndarray, dk_per_um: float, pixel_nm: float) -> OtfFun
     return otf
 
 
+def _fft2(x: np.ndarray, s: tuple[int, int] | None = None) -> np.ndarray:
+    """2-D FFT over the last two axes on every core (``scipy.fft``: the same pocketfft as NumPy's)."""
+    return sfft.fft2(x, s=s, workers=-1)
+
+
+def _ifft2(x: np.ndarray) -> np.ndarray:
+    return sfft.ifft2(x, workers=-1)
+
+
 def _separate_bands(frames: np.ndarray, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
     """Widefield ``c₀`` and shifted band ``c₊`` ``(B, A, H, W)`` from frames ``(B, F, H, W)``.
 
@@ -171,33 +181,37 @@ def _detection_map(cp: np.ndarray, c0: np.ndarray, otf: OtfFunction, template: C
     ph, pw = pad * h, pad * w
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
     big_h = otf(fy, fx)
-    s_hat = np.fft.ifft2(np.fft.fft2(c0) * template(fy, fx)).real
-    x = np.fft.ifft2(np.fft.fft2(cp) * big_h)
-    num = h * w * np.abs(np.fft.fft2(x * s_hat, s=(ph, pw)))
-    autocorr = np.fft.ifft2(np.abs(np.fft.fft2(s_hat, s=(ph, pw))) ** 2).real  # A(d), d mod pad·N
-    kernel = np.fft.fft2(big_h**2).real  # K(d) = Σ_f H(f)² e^{−2πif·d}, d mod N (H² is even)
+    s_hat = _ifft2(_fft2(c0) * template(fy, fx)).real
+    x = _ifft2(_fft2(cp) * big_h)
+    num = h * w * np.abs(_fft2(x * s_hat, s=(ph, pw)))
+    autocorr = _ifft2(np.abs(_fft2(s_hat, s=(ph, pw))) ** 2).real  # A(d), d mod pad·N
+    kernel = _fft2(big_h**2).real  # K(d) = Σ_f H(f)² e^{−2πif·d}, d mod N (H² is even)
     ly = np.fft.fftfreq(ph, 1.0 / ph).astype(int) % h
     lx = np.fft.fftfreq(pw, 1.0 / pw).astype(int) % w
-    den = ph * pw * np.fft.ifft2(kernel[np.ix_(ly, lx)] * autocorr).real
+    den = ph * pw * _ifft2(kernel[np.ix_(ly, lx)] * autocorr).real
     return num / np.sqrt(np.maximum(den * noise, 1e-30))
 
 
 def _band_vectors(cp_spec: np.ndarray, c0: np.ndarray, otf: OtfFunction, q: np.ndarray,
-                  xc: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+                  xc: tuple[float, float],
+                  otf_grid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For candidates ``q`` ``(N, 2)``: ``a(f) = C₊(f)·H(f − q)``, ``b(f) = C₀(f − q)·H(f)``, each
     ``(N, H, W)`` (:func:`_band_match` in NumPy, for any OTF): ``a ∥ b`` exactly at ``q = k`` for
     noise-free data, so the argmax of ``|⟨a, b⟩|/(‖a‖‖b‖)`` is unbiased. (Weighting both by a
     Wiener filter ``W₀(f − q)``, as the detection map does, biased ``k`` by 0.5-1.7 % on 64 px
-    simulations: the filter estimated from a small image is rough and moves with ``q``.)"""
+    simulations: the filter estimated from a small image is rough and moves with ``q``.)
+    ``otf_grid``: ``H(f)`` on this grid, when the caller already has it. The phase ramp
+    ``e^{2πi q·(x − x_c)}`` is separable, so it is built from one row and one column."""
     h, w = c0.shape
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
     y = np.arange(h) + 0.5 - xc[0]
     x = np.arange(w) + 0.5 - xc[1]
-    ramp = np.exp(2j * np.pi * (q[:, 0, None, None] * y[None, :, None]
-                                + q[:, 1, None, None] * x[None, None, :]))
-    c0_shift = np.fft.fft2(c0[None] * ramp)  # C₀(f − q)
+    ramp_y = np.exp(2j * np.pi * q[:, 0, None] * y[None, :])  # (N, H)
+    ramp_x = np.exp(2j * np.pi * q[:, 1, None] * x[None, :])  # (N, W)
+    c0_shift = _fft2(c0[None] * ramp_y[:, :, None] * ramp_x[:, None, :])  # C₀(f − q)
     fyq, fxq = fy[None] - q[:, 0, None, None], fx[None] - q[:, 1, None, None]
-    return cp_spec[None] * otf(fyq, fxq), c0_shift * otf(fy, fx)[None]
+    grid = otf(fy, fx) if otf_grid is None else otf_grid
+    return cp_spec[None] * otf(fyq, fxq), c0_shift * grid[None]
 
 
 def _match(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -213,9 +227,11 @@ def _refine(cp_specs: np.ndarray, c0s: np.ndarray, otf: OtfFunction, k0: np.ndar
     with halving steps from ``step`` (cycles/px)."""
     k = np.asarray(k0, np.float64)
     offsets = np.stack(np.meshgrid(np.arange(-1, 2), np.arange(-1, 2), indexing="ij"), -1).reshape(9, 2)
+    h, w = c0s[0].shape
+    grid = otf(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
     for _ in range(iterations):
         q = k[None] + step * offsets
-        score = sum(np.abs(_match(*_band_vectors(cs, c0, otf, q, xc))) ** 2
+        score = sum(np.abs(_match(*_band_vectors(cs, c0, otf, q, xc, grid))) ** 2
                     for cs, c0 in zip(cp_specs, c0s, strict=True))
         k = q[int(np.argmax(score))]
         step /= 2.0
@@ -317,8 +333,8 @@ def estimate_pattern_blind(
     c0, cp = _separate_bands(frames, n_angles)
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
     radius = np.hypot(fy, fx)
-    c0_spec = np.fft.fft2(c0 - c0.mean(axis=(-2, -1), keepdims=True))
-    cp_spec = np.fft.fft2(cp)
+    c0_spec = _fft2(c0 - c0.mean(axis=(-2, -1), keepdims=True))
+    cp_spec = _fft2(cp)
     noise = _noise_power(cp_spec, radius, otf_cutoff)  # (B, A); c₀ carries the same per-bin power
     if period_hint is not None:
         lo, hi = 1.0 / (period_hint * (1 + hint_tolerance)), 1.0 / (period_hint * (1 - hint_tolerance))
@@ -364,7 +380,7 @@ def estimate_pattern_blind(
             rho = _match(va, vb)[0]
             ph.append(float(np.angle(rho)))
             co.append(float(np.abs(rho)))
-            va, vb = _band_vectors(np.fft.fft2(window * cp[t, a]), window * c0[t, a], otf, k[None], xc)
+            va, vb = _band_vectors(_fft2(window * cp[t, a]), window * c0[t, a], otf, k[None], xc)
             num += np.abs((va * np.conj(vb) * off_dc).sum())
             den += max(float((np.abs(vb) ** 2 * off_dc).sum() - noise[t, a] * noise_w), 1e-30)
         # k stays the band's own vector: (−k, −φ) would be the same pattern only with the phase
@@ -397,7 +413,7 @@ class PatternDiagnosis(NamedTuple):
     frame_order_suspect: bool
     message: str
     angle_major: BlindPattern
-    phase_major: BlindPattern
+    phase_major: BlindPattern | None
 
 
 # Phase-major grouping must beat angle-major by this factor in mean detection z (and pass every
@@ -421,6 +437,12 @@ def diagnose_pattern(frames: np.ndarray | jax.Array, n_angles: int, n_phases: in
     angle-major one (right grouping adds the phases coherently: measured 2.3-2.6× on 64 px
     simulations); a weak angle-major estimate otherwise points at the optics parameters, the
     period hint or the signal, never at the order.
+
+    The phase-major reading runs only when the angle-major one fails a check (``phase_major`` is
+    ``None`` otherwise): read the wrong way, each group mixes the three orientations with equal
+    weight in every group, so its strongest peak is the same orientation in every group and the
+    evenly-spread check cannot pass; an angle-major reading that passes every check therefore
+    rules the phase-major order out, at half the cost.
     """
     x = np.asarray(frames, np.float64)
     x = x[None] if x.ndim == 3 else x
@@ -428,14 +450,17 @@ def diagnose_pattern(frames: np.ndarray | jax.Array, n_angles: int, n_phases: in
     if f != n_angles * n_phases:
         raise ValueError(f"{source}: {f} frames, expected n_angles·n_phases = {n_angles * n_phases}")
     angle = estimate_pattern_blind(x, n_angles, otf_cutoff, **kwargs)
-    order = np.asarray([n_angles * p + a for a in range(n_angles) for p in range(n_phases)])
-    phase = estimate_pattern_blind(x[:, order], n_angles, otf_cutoff, **kwargs)
+    phase = None
+    if not _passes(angle):
+        order = np.asarray([n_angles * p + a for a in range(n_angles) for p in range(n_phases)])
+        phase = estimate_pattern_blind(x[:, order], n_angles, otf_cutoff, **kwargs)
     found = (f"angle-major: periods {', '.join(f'{v:.3f}' for v in angle.period_px)} px, orientations "
              f"{', '.join(f'{v:.1f}°' for v in angle.orientation_deg)}, detection z "
              f"{', '.join(f'{v:.1f}' for v in angle.quality)} (threshold {angle.threshold:.1f})")
     # Phase-major frames read angle-major still show (weaker) bands: each wrong group mixes all
     # angles, so the test is the ratio, not whether the angle-major reading fails.
-    suspect = _passes(phase) and phase.quality.mean() > _ORDER_RATIO * angle.quality.mean()
+    suspect = (phase is not None and _passes(phase)
+               and phase.quality.mean() > _ORDER_RATIO * angle.quality.mean())
     if suspect:
         msg = (f"{source}: the frames look phase-major (frame = {n_angles}·phase + angle): grouping them "
                f"that way gives clear, consistent bands (detection z "

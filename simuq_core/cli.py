@@ -1,0 +1,340 @@
+"""The ``simuq`` command: what a microscopist runs, from any folder.
+
+    simuq predict  --model MODEL --input "stacks/*.tif" --out results   reconstruct, with uncertainty
+    simuq finetune --model MODEL --input "stacks/*.tif" --out my_model  self-supervised fine-tuning
+    simuq measure  --input "stacks/*.tif" --out measured.json           camera and pattern of the stacks
+    simuq info     MODEL                                                what a model is and was trained on
+
+Every subcommand has ``--help``. ``--params FILE`` is optional: a YAML file holding only the
+sections a user wants to change (e.g. ``microscope``, ``predict``); without it the defaults of the
+schema apply. The DVC stages ``python -m stages.predict`` / ``finetune`` / ``measure`` are these
+same commands with ``params.yaml`` as their default params file. Exit status: 0 done, 1 some inputs
+failed (each named), 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from simuq_core.config import MicroscopeParams, ParamsError, parse_section, read_sections
+
+__all__ = ["finetune_main", "info_main", "main", "measure_main", "predict_main"]
+
+PREDICT_HELP = """Stage / command ``predict``: reconstruct raw 9-frame SIM stacks with uncertainty maps.
+
+Applies a trained model to any number of TIFF or MRC / DeltaVision stacks of any size (output
+layout, normalisation and validation: ``simuq_core/inference/files.py``). ``--pattern auto`` (default)
+estimates the illumination of MRC / DV files (real acquisitions) blind over the full field, with a
+frame-order diagnosis, and that of TIFFs with the network's own estimate; ``blind`` / ``model``
+force one.
+
+    python -m stages.predict --model models/selfsup --input "data/sim/test/*.tif" \\
+        --out data/predict/selfsup [--tile 32] [--overlap 8] [--norm-offset 100] [--device cpu] \\
+        [--pattern auto|model|blind] [--period-hint 2.87]
+
+Exit status: 0 all inputs done, 1 some failed (each named in the report), 2 usage errors (no
+inputs, no model, invalid params). Tile default: ``predict.tile``, else the model's training crop
+if recorded, else the ``simulate`` crop of the params file.
+"""
+FINETUNE_HELP = """Stage / command ``finetune``: self-supervised fine-tuning of a trained model on real raw SIM
+acquisitions (crops streamed from disk), with GT-free validation on a held-out part.
+
+    python -m stages.finetune --model models/selfsup [--input "examples/rdl_sim_microtubules/*.mrc"] \\
+        --out models/finetune_real [--params params.yaml] [--cache .cache/raw_index]
+
+Settings: the ``finetune`` section of the params file (:class:`simuq_core.config.FinetuneParams`;
+absent = defaults); the inputs are ``--input`` or else ``finetune.inputs``. Writes ``model.npz`` /
+``model.json`` (usable by ``predict``), ``metrics.csv``, ``checkpoints/``, ``metrics.json``
+(pre-trained vs fine-tuned validation, skipped files) and ``mlflow_run.json``: the MLflow run
+(params, training curves, held-out metrics as ``pretrained_*`` / ``finetuned_*``, artifacts) that
+the ``real_report`` stage re-opens. Exit status: 0 done, 2 usage errors (no model, no usable
+input, invalid params).
+"""
+MEASURE_HELP = """Stage / command ``measure``: read a lab's raw SIM stacks and write the ``simulate`` override that
+matches them (pattern period and modulation, photons, background, read noise, gain, offset).
+
+    python -m stages.measure [--params pipelines/real/params.yaml] \\
+        [--input "examples/rdl_sim_microtubules/*.mrc"] --out measured.json
+
+Reads the ``microscope`` section (angles, phases, camera gain if stated) and the ``finetune``
+section with the microscope's facts copied in (optics, frame order, camera offset, OTF file,
+period hint; inputs unless ``--input``). Writes, atomically, ``{"version", "files": [per-file
+measurement], "skipped": [{"path", "reason"}], "override": partial simulate override,
+"warnings"}`` (:func:`simuq_core.realdata.measure.measure_files`). Exit status: 0 done, 2 invalid params or
+no usable input (every file named with its reason).
+"""
+
+
+def _parser(command: str, help_text: str, params_default: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"simuq {command}", description=help_text,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=params_default,
+                        help="params file with the sections to change (default: "
+                             f"{params_default or 'none: the schema defaults'})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def setup_logging() -> None:
+    """INFO for simuq's own loggers only (JAX's INFO chatter stays off)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger("simuq")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def predict_main(argv: list[str] | None = None, params_default: str | None = None) -> int:
+    """``simuq predict`` / ``python -m stages.predict`` (module docstring)."""
+    parser = _parser("predict", PREDICT_HELP, params_default)
+    parser.add_argument("--model", default="models/selfsup", help="model folder (default: %(default)s)")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="TIFF / MRC / DV files, folders or quoted glob patterns")
+    parser.add_argument("--out", required=True, help="output folder (one sub-folder per input)")
+    parser.add_argument("--tile", type=int, default=None, help="tile size, camera px")
+    parser.add_argument("--overlap", type=int, default=None, help="tile overlap, camera px")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    parser.add_argument("--norm-offset", type=float, default=None, help="camera offset (ADU)")
+    parser.add_argument("--wiener", action="store_true", default=None,
+                        help="also write the classical Wiener SIM image and its noise std")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="JAX platform (default: GPU when available)")
+    parser.add_argument("--context", choices=("auto", "image", "crops", "tile"), default=None,
+                        help="GroupNorm statistics / PSF: pooled over the image, the mean of "
+                             "tile-sized crops' own, or per tile (default predict.context; auto = crops for "
+                             "a fine-tuned model, else image)")
+    parser.add_argument("--pattern", choices=("auto", "model", "blind"), default="auto",
+                        help="illumination estimate: blind full-field (real data), the network's, or "
+                             "auto = blind for MRC/DV files (default)")
+    parser.add_argument("--epistemic", type=int, default=None, metavar="N",
+                        help="MC-dropout passes for epistemic / total std maps of a model trained with "
+                             "dropout (default predict.mc_passes = 0: off, each pass costs a network pass)")
+    parser.add_argument("--ood-reference", default=None,
+                        help="reference.json of the epistemic stage: flag inputs outside the "
+                             "training distribution (default: the model folder's "
+                             "ood_reference.json, written by fine-tuning, if any)")
+    parser.add_argument("--period-hint", type=float, default=None,
+                        help="blind search only near this pattern period (camera px; default "
+                             "microscope.pattern_period_px)")
+    parser.add_argument("--frame-order", choices=("angle_major", "phase_major"), default=None,
+                        help="raw frame order (default microscope.frame_order, else angle-major)")
+    args = parser.parse_args(argv)
+    try:
+        raw, predict, baseline, epistemic = read_sections(args.params, "predict", "baseline", "epistemic")
+        simulate = parse_section(raw, "simulate", str(args.params)) if raw.get("simulate") else None
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    overrides = {k: v for k, v in (("tile", args.tile), ("overlap", args.overlap),
+                                   ("batch_size", args.batch_size),
+                                   ("norm_offset", args.norm_offset), ("wiener", args.wiener),
+                                   ("period_hint", args.period_hint), ("frame_order", args.frame_order))
+                 if v is not None}
+    cfg = predict.model_copy(update=overrides)
+    setup_logging()
+
+    import jax
+
+    if args.device != "auto":
+        jax.config.update("jax_platforms", args.device)
+    try:
+        jax.devices()
+    except RuntimeError as exc:
+        print(f"error: --device {args.device}: {exc}", file=sys.stderr)
+        return 2
+    from simuq_core.inference.run import PredictUsageError, RunOptions, enable_compile_cache, run_predict
+
+    enable_compile_cache()
+    options = RunOptions(context=args.context, pattern=args.pattern, epistemic=args.epistemic,
+                         ood_reference=args.ood_reference, progress=not args.quiet)
+    try:
+        report = run_predict(args.model, args.input, args.out, cfg, baseline, epistemic_seed=epistemic.seed,
+                             fallback_tile=min(simulate.lr_h, simulate.lr_w) if simulate else None,
+                             options=options)
+    except PredictUsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    inputs = report.results
+    failed = report.failed
+    n_warn = sum(bool(r.warnings) for r in report.results)
+    print(f"predict: {len(inputs) - len(failed)}/{len(inputs)} inputs reconstructed into {args.out} "
+          f"(tile {report.model['tile']}, overlap {report.model['overlap']}, "
+          f"{report.model['device']}); {n_warn} with warnings")
+    for r in failed:
+        print(f"  FAILED {r.error}")
+    for r in report.results:
+        ood = (r.summary or {}).get("ood") or {}
+        if ood.get("flagged"):
+            print(f"  OUT OF DISTRIBUTION {ood['message']}")
+    return 1 if failed else 0
+
+
+def finetune_main(argv: list[str] | None = None, params_default: str | None = None) -> int:
+    """``simuq finetune`` / ``python -m stages.finetune`` (module docstring)."""
+    parser = _parser("finetune", FINETUNE_HELP, params_default)
+    parser.add_argument("--model", default="models/selfsup", help="pre-trained model folder")
+    parser.add_argument("--input", nargs="+", default=None,
+                        help="raw stacks: files, folders or quoted globs (default: finetune.inputs)")
+    parser.add_argument("--out", default="models/finetune_real", help="output model folder")
+    parser.add_argument("--cache", default=".cache/raw_index", help="index cache (patterns, normalisation)")
+    args = parser.parse_args(argv)
+    from simuq_core.config import params_hash
+    from simuq_core.io import read_json
+    from simuq_core.realdata.checks import InputError
+    from simuq_core.tracking import flatten_params, open_run
+    from simuq_core.workflows.finetune import run_finetuning
+
+    # Only this stage's section is read, so the command also runs on a params file without the
+    # sections the training stages need.
+    try:
+        _, params = read_sections(args.params, "finetune")
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not (Path(args.model) / "model.json").exists():
+        print(f"error: {args.model}: no model.json (train a model first)", file=sys.stderr)
+        return 2
+    inputs = args.input or params.inputs
+    if not inputs:
+        print("error: no input: give --input or finetune.inputs in the params file", file=sys.stderr)
+        return 2
+    setup_logging()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pre_spec = read_json(Path(args.model) / "model.json")
+    logged = flatten_params({"finetune": params.model_dump(mode="json") | {"inputs": list(inputs)},
+                             "model": pre_spec["model"], "uq": pre_spec["uq"]})
+    logged["pretrained_model"] = str(args.model)
+    logged["pretrained_params_hash"] = str(pre_spec.get("params_hash", ""))
+    try:
+        with open_run(out, stage="finetune", mode="finetune", params_hash=params_hash(params), new=True,
+                      params=logged) as tracker:
+            metrics = run_finetuning(args.model, inputs, out, params, args.cache, progress=not args.quiet,
+                                     on_rows=tracker.log_rows)
+            for when in ("pretrained", "finetuned"):
+                tracker.log_metrics({f"{when}_{k}": v for k, v in metrics[when].items()})
+            tracker.log_metrics({"n_acquisitions": metrics["index"]["n_acquisitions"],
+                                 "n_skipped": metrics["index"]["n_skipped"]})
+            for name in ("metrics.csv", "metrics.json", "model.json"):
+                tracker.log_artifact(out / name)
+    except (InputError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    after, index = metrics["finetuned"], metrics["index"]
+    print(f"finetune: {index['n_acquisitions']} acquisitions ({index['n_skipped']} skipped), "
+          f"{metrics['train']['steps']} steps -> {args.out}; held-out rec ZMS "
+          f"{metrics['pretrained']['rec_zms']:.3f} -> {after['rec_zms']:.3f}, coverage 68/95 "
+          f"{after['rec_coverage_68']:.3f}/{after['rec_coverage_95']:.3f}")
+    for item in index["skipped"]:
+        print(f"  SKIPPED {item['reason']}")
+    return 0
+
+
+def _sections(path: str):
+    """``(microscope or None, finetune, model optics)`` of the params file; ParamsError if invalid."""
+    raw, finetune, model = read_sections(path, "finetune", "model")
+    micro = raw.get("microscope")  # validated by read_sections
+    return (MicroscopeParams.model_validate(micro) if micro is not None else None), finetune, model.optics
+
+
+def measure_main(argv: list[str] | None = None, params_default: str | None = None) -> int:
+    """``simuq measure`` / ``python -m stages.measure`` (module docstring)."""
+    parser = _parser("measure", MEASURE_HELP, params_default)
+    parser.add_argument("--input", nargs="+", default=None,
+                        help="raw stacks: files, folders or quoted globs (default: finetune.inputs)")
+    parser.add_argument("--out", default="measured.json", help="output JSON (default: %(default)s)")
+    args = parser.parse_args(argv)
+    from simuq_core.io import write_json
+    from simuq_core.realdata.checks import InputError
+    from simuq_core.realdata.measure import measure_files
+    from simuq_core.realdata.reader import find_inputs
+
+    try:
+        microscope, finetune, model_optics = _sections(args.params)
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    inputs = args.input or finetune.inputs
+    if not inputs:
+        print("error: no input: give --input or finetune.inputs in the params file", file=sys.stderr)
+        return 2
+    setup_logging()
+    optics = finetune.optics or model_optics
+    try:
+        result = measure_files(
+            find_inputs(inputs), na=optics.na, wavelength_nm=optics.wavelength_nm,
+            pixel_nm=optics.lr_pixel_nm, n_angles=microscope.n_angles if microscope else 3,
+            n_phases=microscope.n_phases if microscope else 3, frame_order=finetune.frame_order,
+            offset=finetune.norm_offset, otf_file=finetune.otf_file, period_hint=finetune.period_hint,
+            known_gain=microscope.camera_gain_adu_per_e if microscope else None)
+    except (InputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_json(args.out, result)
+    noise = result["override"]["noise"]
+    print(f"measure: {len(result['files'])} acquisitions ({len(result['skipped'])} skipped) -> {args.out}; "
+          f"period {result['override']['pattern_period_lr']} px, modulation "
+          f"{result['override']['modulation']}, photons {noise['photons']} (range {noise['photon_range']}), "
+          f"background {noise['background_photons']} e-, gain {noise['gain_adu_per_e']} ADU/e-")
+    for item in result["skipped"]:
+        print(f"  SKIPPED {item['reason']}")
+    for note in result["warnings"]:
+        print(f"  warning: {note}")
+    return 0
+
+
+
+def info_main(argv: list[str] | None = None) -> int:
+    """``simuq info MODEL``: mode, microscope, training data, uncertainty, OOD reference."""
+    parser = argparse.ArgumentParser(prog="simuq info", description=info_main.__doc__)
+    parser.add_argument("model", help="model folder (holds model.json)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    from simuq_core.inference.ood import OOD_REFERENCE_FILE
+    from simuq_core.io import read_json
+
+    folder = Path(args.model)
+    if not (folder / "model.json").is_file():
+        print(f"error: {folder}: no model.json (not a simuq model folder)", file=sys.stderr)
+        return 2
+    spec = read_json(folder / "model.json")
+    model = spec["model"]
+    ood = folder / OOD_REFERENCE_FILE
+    summary = {
+        "model": str(folder), "mode": spec.get("mode"), "params_hash": spec.get("params_hash"),
+        "microscope": model.get("optics"), "rescale": model.get("rescale"), "n_frames": spec.get("n_frames"),
+        "light_pattern": model.get("light_pattern"), "train_crop": spec.get("train_crop"),
+        "uq_targets": spec["uq"]["targets"], "camera_noise": spec["uq"]["obs_noise"],
+        "dropout": model.get("dropout", 0.0), "dataset_sha256": spec.get("dataset_sha256"),
+        "finetune": {k: v for k, v in (spec.get("finetune") or {}).items() if k != "params"} or None,
+        "ood_reference": str(ood) if ood.is_file() else None,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    for key, value in summary.items():
+        print(f"{key:>14}: {value}")
+    if summary["ood_reference"] is None:
+        print("warning: no OOD reference beside the model: predict will not check its inputs "
+              "(give --ood-reference)", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"predict": predict_main, "finetune": finetune_main, "measure": measure_main, "info": info_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``simuq`` console script (module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
