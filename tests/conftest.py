@@ -28,6 +28,10 @@ JAX_CACHE_DIR = os.environ.get("SIMUQ_TEST_CACHE") or os.path.join(
 )
 jax.config.update("jax_compilation_cache_dir", JAX_CACHE_DIR)
 os.environ.setdefault("SIMUQ_COMPILE_CACHE", JAX_CACHE_DIR)  # predict's own cache: the same folder
+# The processes tests launch (python -m stages.*, dvc repro) share it: the tiny profile's programs
+# compiled once in the session are loaded, not compiled again, by every stage process.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", JAX_CACHE_DIR)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
