@@ -30,6 +30,7 @@ __all__ = [
     "read_tiff",
     "write_json",
     "write_npz",
+    "write_ome_tiff",
     "write_text",
     "write_tiff",
 ]
@@ -72,6 +73,22 @@ def write_tiff(
         meta.setdefault("unit", "um")
     with atomic_file(path) as tmp:
         tifffile.imwrite(tmp, array, imagej=True, metadata=meta, resolution=resolution)
+
+
+def write_ome_tiff(path: str | os.PathLike, channels: dict[str, np.ndarray], pixel_nm: float,
+                   description: str = "") -> None:
+    """Write ``{name: (Y, X) image}`` as one float32 OME-TIFF (axes ``CYX``) atomically, with the
+    channel names and the physical pixel size, as Fiji / Bio-Formats and napari read them."""
+    names = list(channels)
+    data = np.stack([np.asarray(channels[n], np.float32) for n in names])
+    um = float(pixel_nm) / 1000.0
+    meta = {"axes": "CYX", "Channel": {"Name": names}, "PhysicalSizeX": um, "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeY": um, "PhysicalSizeYUnit": "µm"}
+    if description:
+        meta["Description"] = description
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(tmp, data, ome=True, metadata=meta, photometric="minisblack",
+                         resolution=(1.0 / um, 1.0 / um), resolutionunit="MICROMETER")
 
 
 def read_tiff(path: str | os.PathLike) -> np.ndarray:

@@ -540,6 +540,17 @@ def test_outputs_round_trip_with_axes_and_metadata(mixed_run, trained):
             assert data.min() >= 0
     lp = tifffile.imread(out / "good_uint16" / "lp.tif")
     np.testing.assert_allclose(lp.mean(axis=0), 1.0, atol=1e-4)
+    # One OME-TIFF with the model-grid images as named channels, at the model grid's pixel size.
+    ome = summary["ome_tiff"]
+    assert ome["channels"] == ["emitter", "emitter_std", "emitter_epi_std", "emitter_total_std", "wiener",
+                               "wiener_std"]
+    with tifffile.TiffFile(out / "good_uint16" / ome["file"]) as tif:
+        assert tif.is_ome and tif.series[0].axes == "CYX" and tif.series[0].shape == (6, 64, 64)
+        stack = tif.asarray()
+        size_um = float(tif.ome_metadata.split('PhysicalSizeX="')[1].split('"')[0])
+        assert size_um == pytest.approx(spec["model"]["optics"]["lr_pixel_nm"] / r / 1000, rel=1e-6)
+        assert all(f'Name="{name}"' in tif.ome_metadata for name in ome["channels"])
+    np.testing.assert_array_equal(stack[0], tifffile.imread(out / "good_uint16" / "emitter.tif"))
 
 
 def test_default_predict_runs_no_mc_passes_and_checks_ood_on_the_data_terms(trained, tmp_path):

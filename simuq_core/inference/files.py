@@ -37,6 +37,9 @@ Output layout (``<name>`` = the input's file stem; a repeated stem gets ``-2``, 
     <out>/<name>/psf.tif          (K, K)       YX   PSF of the image (model grid; with per-tile
                                                     context: the tile-weighted average)
     <out>/<name>/psf_std.tif      (K, K)       YX   its std             [uq target "psf"]
+    <out>/<name>/maps.ome.tif     (C, Hh, Wh)  CYX  the model-grid images above as named channels
+                                                    (emitter, emitter_std, …, wiener, wiener_std),
+                                                    with the physical pixel size (Fiji, napari)
     <out>/<name>/summary.json     input, layout, normalisation, model, tiling, frame-order check
                                   (``pattern``), the light-pattern estimate the model used
                                   (``light_pattern``: period, orientation, phase, band match per
@@ -73,7 +76,7 @@ from simuq_core.inference.maps import MAPS, map_metadata, map_stats
 from simuq_core.inference.ood import ood_check
 from simuq_core.inference.predictor import TiledPredictor
 from simuq_core.inference.wiener import blind_wiener_maps, wiener_maps
-from simuq_core.io import atomic_directory, write_json, write_tiff
+from simuq_core.io import atomic_directory, write_json, write_ome_tiff, write_tiff
 from simuq_core.pattern.frame_order import frame_order_warnings
 from simuq_core.realdata.checks import InputError, offset_warnings
 from simuq_core.realdata.normalise import normalise, resolve_offset
@@ -270,9 +273,27 @@ def _write_maps(out: Path, maps: dict[str, np.ndarray], summary: dict[str, Any],
                                          "shape": list(array_out.shape), "grid": grid_kind,
                                          "pixel_nm": pixel[grid_kind], "description": description,
                                          **map_stats(array_out)}
+        _write_ome(work, maps, summary, norm, pixel["model"])
         clock.lap("write")
         summary["seconds"] = clock.total()
         write_json(work / "summary.json", summary)
+
+
+# The model-grid images a viewer shows side by side, in this order: one OME-TIFF, one channel each.
+OME_CHANNELS = ("emitter", "emitter_std", "emitter_epi_std", "emitter_total_std", "wiener", "wiener_std")
+OME_FILE = "maps.ome.tif"
+
+
+def _write_ome(work: Path, maps: dict[str, np.ndarray], summary: dict[str, Any], norm,
+               model_nm: float) -> None:
+    """The 2-D model-grid maps as named channels of one OME-TIFF (``OME_FILE``); the frame stacks
+    and the PSF stay per-map TIFFs (other shapes, other grids)."""
+    channels = {name: maps[name] for name in OME_CHANNELS if name in maps}
+    write_ome_tiff(work / OME_FILE, channels, model_nm,
+                   f"simuq maps of {summary['input']}; model-grid units: the normalised input "
+                   f"(raw = value * {norm.scale:g} + {norm.offset:g} for the frame maps)")
+    summary["ome_tiff"] = {"file": OME_FILE, "axes": "CYX", "channels": list(channels),
+                           "pixel_nm": model_nm}
 
 
 def predict_files(
