@@ -76,7 +76,8 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str
     """Wall seconds, peak RSS (GB) and stdout of one process (run under a launcher whose
     ``RUSAGE_CHILDREN`` is that process alone)."""
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _LAUNCH, *cmd], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -87,8 +88,8 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str
 def bench_simuq(stack: Path, model: str, params: str, folder: Path, cache: Path, label: str) -> dict:
     env = {**os.environ, "SIMUQ_COMPILE_CACHE": str(cache)}
     out = folder / f"out_{label}"
-    cmd = [sys.executable, "-m", "stages.predict", "--model", model, "--params", params, "--input", str(stack),
-           "--out", str(out), "--quiet", "--pattern", "blind"]
+    cmd = [sys.executable, "-m", "stages.predict", "--model", model, "--params", params,
+           "--input", str(stack), "--out", str(out), "--quiet", "--pattern", "blind"]
     seconds, rss, _ = run_measured(cmd, env)
     summary = json.loads((out / stack.stem / "summary.json").read_text())
     mp = float(np.prod(summary["input_shape"][-2:])) / 1e6
@@ -100,7 +101,8 @@ def bench_simuq(stack: Path, model: str, params: str, folder: Path, cache: Path,
 
 def bench_napari(stack: Path, period_hint: float) -> dict:
     script = _NAPARI.format(bench=str(ROOT / "benchmarks"), na=NA, emission=EMISSION_NM, pixel=PIXEL_NM)
-    seconds, rss, out = run_measured([sys.executable, "-c", script, str(stack), str(period_hint)], dict(os.environ))
+    seconds, rss, out = run_measured([sys.executable, "-c", script, str(stack), str(period_hint)],
+                                     dict(os.environ))
     inner = json.loads(out.strip().splitlines()[-1])
     size = tifffile.imread(stack).shape[-1]
     return {"seconds": seconds, "seconds_in_process": inner["seconds"], "mp_per_s": size**2 / 1e6 / seconds,

@@ -10,7 +10,8 @@ section, ``lr_h = lr_w = 128``), runs the external classical SIM tools on each (
 truth and their reconstructions with the GT emitter and with each other. Writes
 ``reports/bench/crosscheck_classical.json`` and ``reports/bench/crosscheck_classical.md``.
 
-Every tool's output is converted to simuq's conventions (docs/design.md §1, :mod:`simuq_core.pattern.estimate`):
+Every tool's output is converted to simuq's conventions (docs/design.md §1,
+:mod:`simuq_core.pattern.estimate`):
 
 - frames angle-major (``frame = 3·angle + phase``), pattern ``1 + m·cos(2π k·x + φ + 2πp/3)``;
 - ``k`` = ``(ky, kx)`` in cycles per LR pixel, ``x`` in LR pixels from the image corner (pixel ``i``
@@ -22,8 +23,9 @@ Every tool's output is converted to simuq's conventions (docs/design.md §1, :mo
 Metrics: relative period error ``(|k̂|⁻¹ − P)/P`` (signed per angle; the summary
 gives its absolute mean and max); orientation error (angle between ``k̂`` and
 ``k``, degrees; 1 % of ``|k|`` perpendicular is 0.573°); wrapped centre-phase error; modulation
-estimate (truth ``m``); PSNR (``simuq_core.evaluation.synthetic.affine_fit_psnr``) and SSIM (skimage, after the
-same per-sample affine fit) against the GT emitter; Pearson correlation with the GT and between tools.
+estimate (truth ``m``); PSNR (``simuq_core.evaluation.synthetic.affine_fit_psnr``) and SSIM (skimage,
+after the same per-sample affine fit) against the GT emitter; Pearson correlation with the GT and
+between tools.
 Image metrics use the centre after dropping ``--margin`` LR pixels on each side (pyfairsim fades
 15 px of border; every tool wraps periodically at the edges).
 """

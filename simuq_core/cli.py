@@ -40,7 +40,8 @@ Exit status: 0 all inputs done, 1 some failed (each named in the report), 2 usag
 inputs, no model, invalid params). Tile default: ``predict.tile``, else the model's training crop
 if recorded, else the ``simulate`` crop of the params file.
 """
-FINETUNE_HELP = """Stage / command ``finetune``: self-supervised fine-tuning of a trained model on real raw SIM
+FINETUNE_HELP = """Stage / command ``finetune``: self-supervised fine-tuning of a trained model on real \
+raw SIM
 acquisitions (crops streamed from disk), with GT-free validation on a held-out part.
 
     python -m stages.finetune --model models/selfsup [--input "examples/rdl_sim_microtubules/*.mrc"] \\
@@ -54,7 +55,8 @@ absent = defaults); the inputs are ``--input`` or else ``finetune.inputs``. Writ
 the ``real_report`` stage re-opens. Exit status: 0 done, 2 usage errors (no model, no usable
 input, invalid params).
 """
-MEASURE_HELP = """Stage / command ``measure``: read a lab's raw SIM stacks and write the ``simulate`` override that
+MEASURE_HELP = """Stage / command ``measure``: read a lab's raw SIM stacks and write the \
+``simulate`` override that
 matches them (pattern period and modulation, photons, background, read noise, gain, offset).
 
     python -m stages.measure [--params pipelines/real/params.yaml] \\

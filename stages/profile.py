@@ -33,8 +33,8 @@ def merged_params(profile: str, base: str | Path = "params.yaml") -> dict:
     for p in (overlay_path, base_path):
         if not p.is_file():
             raise ParamsError(f"{p}: no such file")
-    return apply_profile(yaml.safe_load(base_path.read_text()), yaml.safe_load(overlay_path.read_text()) or {},
-                         source=str(overlay_path))
+    return apply_profile(yaml.safe_load(base_path.read_text()),
+                         yaml.safe_load(overlay_path.read_text()) or {}, source=str(overlay_path))
 
 
 def main(argv: list[str] | None = None) -> int:

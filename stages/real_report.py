@@ -35,7 +35,8 @@ def _load_input(summary: dict[str, Any], folder: Path) -> tuple[np.ndarray, dict
     model = summary["model"]
     path = summary["input"].split(" (time point")[0]
     frames = read_input(path, int(model["n_frames"]), int(model["n_angles"]),
-                        "phase_major" if summary["frame_order"].startswith("phase-major") else "angle_major").frames
+                        "phase_major" if summary["frame_order"].startswith("phase-major")
+                        else "angle_major").frames
     raw = frames[int(summary.get("time_point", 0))]
     x = Normalisation.from_dict(summary["normalisation"]).apply(raw, np.float64)
     maps = {name: read_tiff(folder / entry["file"]) for name, entry in summary["maps"].items()}

@@ -43,7 +43,8 @@ def test_predict_runs_from_a_folder_without_params(selfsup_run, tmp_path):
     (tile: the model's training crop) and says so in its report; a missing input is status 2."""
     work = tmp_path / "work"
     work.mkdir()
-    raw = simulate_sample(sample_rng(0, "test", 0), tiny_params(simulate={"lr_h": 32, "lr_w": 32}).simulate).raw
+    raw = simulate_sample(sample_rng(0, "test", 0),
+                          tiny_params(simulate={"lr_h": 32, "lr_w": 32}).simulate).raw
     tifffile.imwrite(work / "stack.tif", raw)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "simuq_core.cli", "predict", "--model", str(selfsup_run.model_dir),

@@ -25,7 +25,8 @@ def _imports(module: str) -> set[str]:
     path = _module_file(module)
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("simuq_core", "stages"):
+        if (isinstance(node, ast.ImportFrom) and node.module
+                and node.module.split(".")[0] in ("simuq_core", "stages")):
             found.add(node.module)
             found |= {f"{node.module}.{a.name}" for a in node.names
                       if (ROOT / node.module.replace(".", "/") / f"{a.name}.py").exists()}
@@ -53,7 +54,8 @@ def _package(module: str) -> str | None:
 
 
 def test_subpackages_import_only_lower_layers():
-    packages = {p.name for p in (ROOT / "simuq_core").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    packages = {p.name for p in (ROOT / "simuq_core").iterdir()
+                if p.is_dir() and (p / "__init__.py").exists()}
     modules = {p.stem for p in (ROOT / "simuq_core").glob("*.py") if p.stem != "__init__"}
     assert packages | modules == set(LAYERS), "every subpackage and top-level module has a layer"
     violations = []
@@ -97,4 +99,5 @@ def test_stage_deps_are_the_code_each_stage_imports(dvc_file):
     missing one would leave a stage stale after an edit, an extra one re-runs it for nothing."""
     for name, stage, module in _stages(ROOT / dvc_file):
         have, need = _stage_deps(stage), _expected_deps(module)
-        assert have == need, f"{dvc_file} stage {name}: add {sorted(need - have)}, remove {sorted(have - need)}"
+        assert have == need, (f"{dvc_file} stage {name}: add {sorted(need - have)}, "
+                              f"remove {sorted(have - need)}")

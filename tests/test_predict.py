@@ -562,10 +562,12 @@ def test_default_predict_runs_no_mc_passes_and_checks_ood_on_the_data_terms(trai
     flags = {}
     for name, (epi, misfit) in {"epi_tiny": (1e-12, 1e12), "misfit_tiny": (1e12, 1e-12)}.items():
         ref = tmp_path / f"{name}.json"
-        ref.write_text(json.dumps({"percentile": 99.0, "n_val": 4, "epistemic": {"threshold": epi, "median": 0.0},
+        ref.write_text(json.dumps({"percentile": 99.0, "n_val": 4,
+                                   "epistemic": {"threshold": epi, "median": 0.0},
                                    "misfit": {"threshold": misfit, "median": 1.0}}))
         rc = predict_main(["--params", TINY, "--model", str(model_dir), "--input", str(tmp_path / "a.tif"),
-                           "--out", str(tmp_path / name), "--quiet", "--tile", "16", "--ood-reference", str(ref)])
+                           "--out", str(tmp_path / name), "--quiet", "--tile", "16",
+                           "--ood-reference", str(ref)])
         summary = json.loads((tmp_path / name / "a" / "summary.json").read_text())
         assert rc == 0 and "emitter_epi_std" not in summary["maps"]
         assert summary["ood"]["terms"] == ["misfit"]

@@ -264,7 +264,8 @@ def test_real_pipeline_names_its_raw_data_in_one_place():
     dvc = yaml.safe_load((REPO / "pipelines" / "real" / "dvc.yaml").read_text())
     variables = {k: v for entry in dvc["vars"] for k, v in entry.items()}
     assert set(variables) == {"raw_dir", "raw_files"}
-    assert [Path(f).name for f in glob.glob(str(REPO / variables["raw_dir"] / variables["raw_files"]))] == ["MT.mrc"]
+    assert [Path(f).name
+            for f in glob.glob(str(REPO / variables["raw_dir"] / variables["raw_files"]))] == ["MT.mrc"]
     text = (REPO / "pipelines" / "real" / "dvc.yaml").read_text()
     assert text.count(variables["raw_dir"]) == 1
     def strings(node):

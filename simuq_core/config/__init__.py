@@ -48,5 +48,6 @@ __all__ = [
     "FinetuneParams", "LightPatternParams", "MicroscopeParams", "ModelParams", "NoiseParams", "OODParams",
     "ObjectParams", "OpticsPrior", "Params", "ParamsError", "PredictParams", "PsfParams", "QualityParams",
     "SimulateParams", "TrainParams", "UQParams", "apply_microscope", "apply_profile",
-    "format_validation_error", "merge_override", "params_hash", "parse_params", "parse_section", "read_sections",
+    "format_validation_error", "merge_override", "params_hash", "parse_params", "parse_section",
+    "read_sections",
 ]

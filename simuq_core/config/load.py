@@ -1,5 +1,5 @@
-"""From a parsed ``params.yaml`` (or a profile over it) to validated :class:`~simuq_core.config.sections.Params`,
-with errors that name the file and the dotted key.
+"""From a parsed ``params.yaml`` (or a profile over it) to validated
+:class:`~simuq_core.config.sections.Params`, with errors that name the file and the dotted key.
 """
 
 from __future__ import annotations

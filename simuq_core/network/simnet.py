@@ -48,8 +48,8 @@ from simuq_core.optics.imaging import airy_psf, default_psf_size
 from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern
 from simuq_core.pattern.maps import pattern_maps, pattern_variance
 
-__all__ = ["BACKBONES", "DROPOUT_SITES", "LIGHT_PATTERNS", "PSF_MODES", "UNET_UPSAMPLERS", "UPSAMPLERS", "SIMNet",
-           "SIMNetConfig", "UNet", "model_psf_size"]
+__all__ = ["BACKBONES", "DROPOUT_SITES", "LIGHT_PATTERNS", "PSF_MODES", "UNET_UPSAMPLERS", "UPSAMPLERS",
+           "SIMNet", "SIMNetConfig", "UNet", "model_psf_size"]
 
 # Where MC dropout can mask features (``SIMNet(dropout_at=...)``): ``feats`` the U-Net output
 # (camera grid), ``bottleneck`` the input of the pooled (pattern, PSF) and background heads, ``hr``
@@ -257,8 +257,10 @@ class SIMNetConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         unknown = set(self.dropout_at) - set(DROPOUT_SITES)
         if unknown or not self.dropout_at:
-            raise ValueError(f"dropout_at must be a non-empty subset of {DROPOUT_SITES}, got {self.dropout_at}")
-        for name, value, registry in (("backbone", self.backbone, BACKBONES), ("upsample", self.upsample, UPSAMPLERS),
+            raise ValueError(f"dropout_at must be a non-empty subset of {DROPOUT_SITES}, "
+                             f"got {self.dropout_at}")
+        for name, value, registry in (("backbone", self.backbone, BACKBONES),
+                                      ("upsample", self.upsample, UPSAMPLERS),
                                       ("lp_mode", self.lp_mode, LIGHT_PATTERNS),
                                       ("psf_mode", self.psf_mode, PSF_MODES)):
             if value not in registry:
@@ -303,7 +305,8 @@ UPSAMPLERS: dict[str, tuple[Callable, Callable]] = {
 
 
 def _free_pattern_heads(net: SIMNet, cfg: SIMNetConfig, cb: int, rngs: nnx.Rngs) -> None:
-    net.lp_head = nnx.Conv(cfg.width, cfg.n_frames, (1, 1), kernel_init=nnx.initializers.normal(1e-2), rngs=rngs)
+    net.lp_head = nnx.Conv(cfg.width, cfg.n_frames, (1, 1), kernel_init=nnx.initializers.normal(1e-2),
+                           rngs=rngs)
     net.pattern_hidden = net.modulation_head = None
 
 
@@ -342,7 +345,8 @@ LIGHT_PATTERNS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def _per_sample_psf(net: SIMNet, cfg: SIMNetConfig, cb: int, prior_logits: np.ndarray, rngs: nnx.Rngs) -> None:
+def _per_sample_psf(net: SIMNet, cfg: SIMNetConfig, cb: int, prior_logits: np.ndarray,
+                    rngs: nnx.Rngs) -> None:
     net.psf_hidden = nnx.Linear(cb, 64, rngs=rngs)
     net.psf_head = nnx.Linear(64, cfg.psf_size**2, kernel_init=nnx.initializers.zeros,
                               bias_init=lambda *_: jnp.asarray(prior_logits.ravel()), rngs=rngs)
@@ -405,7 +409,8 @@ class SIMNet(nnx.Module):
     def _build_uncertainty_heads(self, cfg: SIMNetConfig, cb: int, rngs: nnx.Rngs) -> None:
         """A log-variance head for each component in ``uq_targets``, and the camera-noise map."""
         width, bias = cfg.width, cfg.logvar_bias
-        self.emitter_logvar_head = _LogvarHead(width, 1, bias, rngs=rngs) if "emitter" in cfg.uq_targets else None
+        self.emitter_logvar_head = (_LogvarHead(width, 1, bias, rngs=rngs) if "emitter" in cfg.uq_targets
+                                    else None)
         LIGHT_PATTERNS[cfg.lp_mode][1](self, cfg, rngs)
         if "psf" in cfg.uq_targets:
             self.psf_logvar_hidden = nnx.Linear(cb, 64, rngs=rngs)

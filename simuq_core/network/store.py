@@ -18,7 +18,8 @@ from simuq_core.config import ModelParams, UQParams
 from simuq_core.io import read_json, write_json, write_npz
 from simuq_core.network.forward import build_model
 
-__all__ = ['key_str', 'load_checkpoint_arrays', 'load_model', 'restore_state', 'save_model', 'state_to_arrays']
+__all__ = ['key_str', 'load_checkpoint_arrays', 'load_model', 'restore_state', 'save_model',
+           'state_to_arrays']
 
 
 def save_model(model: nnx.Module, spec: dict[str, Any], out_dir: Path) -> None:

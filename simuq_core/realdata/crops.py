@@ -79,7 +79,8 @@ class IndexedAcquisition:
     ``pattern_k`` ``(T, A, 2)`` cycles/px, ``pattern_phase`` / ``pattern_contrast`` ``(T, A)``,
     phase referred to the field centre ``(H/2, W/2)``; ``pattern`` the estimate's summary
     (periods, orientations, detection z, messages); ``frame_gain`` ``(T, F)``: the frames' relative
-    intensities (:func:`~simuq_core.realdata.normalise.frame_gains`) that crops are divided by, or ``None``."""
+    intensities (:func:`~simuq_core.realdata.normalise.frame_gains`) that crops are divided by,
+    or ``None``."""
 
     path: str
     shape: tuple[int, int, int, int]

@@ -16,7 +16,8 @@ moves electrons between background and read noise only: ``background + r²`` (th
 variance in e⁻², ``dark_variance_e2``) and the photons on structure do not depend on it, and an
 error ``δ`` in ``r₀²`` shifts the background by ``−δ`` e⁻ and the offset by ``g·δ`` ADU.
 
-**Photons** follow the simulator's definition (:func:`simuq_core.simulation.samples.clean_expected_electrons`):
+**Photons** follow the simulator's definition
+(:func:`simuq_core.simulation.samples.clean_expected_electrons`):
 the mean expected count over *structure* pixels (signal above ``0.2 ×`` its maximum over the
 stack's frames), background excluded, in e⁻. The expected signal of each frame is estimated by
 the frame low-passed to the OTF support (all the signal, ~``πk_c²`` of the noise), minus the
@@ -82,7 +83,8 @@ def _signal_band(frames: np.ndarray, otf_cutoff: float, margin: float) -> np.nda
 
 def _structure_photons(signal_e: np.ndarray) -> float | None:
     """The simulator's photon budget of ``(F, h, w)`` background-free expected electrons: the mean
-    over pixels above ``_STRUCTURE_FRACTION × max`` (:func:`simuq_core.simulation.samples.clean_expected_electrons`);
+    over pixels above ``_STRUCTURE_FRACTION × max``
+    (:func:`simuq_core.simulation.samples.clean_expected_electrons`);
     ``None`` when nothing rises above the background."""
     peak = float(signal_e.max())
     if peak <= 0.0:

@@ -12,7 +12,8 @@
   pixels) from the same simulated instrument at several photon budgets, each with an independent
   second noise realisation (:func:`simuq_core.simulation.samples.noise_twin`, for FRC). Widefield, Wiener
   SIM and the trained networks (applied exactly as ``predict`` applies them: tiles, image-level
-  context and pattern) are scored by the same code (:func:`simuq_core.evaluation.quality_summary.quality_table`).
+  context and pattern) are scored by the same code
+  (:func:`simuq_core.evaluation.quality_summary.quality_table`).
 
 All images are in the loader's normalised units; the emitter GT is block-averaged onto the model
 grid (:func:`simuq_core.evaluation.synthetic.pool_gt`).

@@ -4,8 +4,9 @@ without ground truth.
 :func:`run_finetuning` loads a pre-trained model (:func:`~simuq_core.workflows.train.load_model`),
 indexes the user's files and streams random crops from them (:mod:`simuq_core.realdata.crops`: the
 pattern of every acquisition is estimated blind on its full field of view and handed to the network
-with each crop), trains with the self-supervised objective (:func:`~simuq_core.training.objectives.selfsup_objective`)
-on the shared engine (:class:`~simuq_core.training.engine.Trainer`, a :class:`~simuq_core.training.engine.BatchSource`),
+with each crop), trains with the self-supervised objective
+(:func:`~simuq_core.training.objectives.selfsup_objective`) on the shared engine
+(:class:`~simuq_core.training.engine.Trainer`, a :class:`~simuq_core.training.engine.BatchSource`),
 and saves the result like :func:`~simuq_core.workflows.train.run_training` (``model.npz``,
 ``model.json`` with the same network spec, ``metrics.csv``, ``checkpoints/``) plus ``metrics.json``.
 
@@ -361,7 +362,8 @@ def ood_reference_from_data(model: nnx.Module, uq: UQParams, index: DataIndex, r
     """What "in distribution" means for a model fine-tuned on ``regions`` of the user's stacks, for
     ``predict``'s out-of-distribution check (:func:`simuq_core.inference.files.ood_check`) without MC
     dropout or ground truth: ``input`` (:func:`~simuq_core.uncertainty.epistemic.input_features` of every
-    ``tile // 2`` block of up to ``max_tiles`` tiles, :func:`~simuq_core.uncertainty.epistemic.fit_input_model`)
+    ``tile // 2`` block of up to ``max_tiles`` tiles,
+    :func:`~simuq_core.uncertainty.epistemic.fit_input_model`)
     and ``misfit`` (mean ``z²`` of the raw frames against ``rec``, ``var_rec``), each with the
     ``percentile`` of the tiles' image-level scores as its threshold
     (:func:`~simuq_core.uncertainty.epistemic.ood_reference`). Training and held-out tiles both count: a
