@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[pipeline,dev]"
 	# Independent classical SIM implementations for the cross-check (tests/test_crosscheck_classical.py,
 	# benchmarks/crosscheck_classical.py). --no-deps: napari-sim-processor declares its Qt widget's
 	# packages, which its numpy processor does not use.
