@@ -65,5 +65,4 @@ def blind_image_pattern(x: np.ndarray, spec: dict[str, Any], pixel_nm: float | N
 def diagnosis_summary(diag: PatternDiagnosis) -> dict[str, Any]:
     return {"method": "blind full-field estimate (simuq_core.pattern.blind.diagnose_pattern)", "ok": diag.ok,
             "frame_order_suspect": diag.frame_order_suspect, "message": diag.message,
-            "angle_major": diag.angle_major.as_dict(), "phase_major": (None if diag.phase_major is None
-                            else diag.phase_major.as_dict())}
+            "angle_major": diag.angle_major.as_dict(), "phase_major": diag.phase_major.as_dict()}

@@ -51,7 +51,9 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     except OSError:
         return None
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    # Every program, however quick to compile: a time threshold would make what is cached depend
+    # on the machine's load.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
 
