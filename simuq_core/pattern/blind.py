@@ -351,46 +351,16 @@ def estimate_pattern_blind(
     # Independent bins searched (half the annulus: ±k are one peak), for the false-alarm level.
     n_bins = max(inside.sum() / pad**2 / 2.0, 1.0)
     threshold = _false_alarm_threshold(n_bins)
-    xc = (h / 2.0, w / 2.0)
-    window = np.outer(np.hanning(h), np.hanning(w))
     ks, phases, contrasts, mods, quals = [], [], [], [], []
     for a in range(n_angles):
-        z2 = 0.0
-        for t in range(b):
-            g = _signal_fraction(c0_spec[t, a], radius, float(noise[t, a]))
-
-            def template(qy, qx, g=g):
-                big_h = otf(qy, qx)
-                return g(np.hypot(qy, qx)) * big_h / (big_h**2 + _WIENER_EPS)
-
-            z2 = z2 + _detection_map(cp[t, a], c0[t, a], otf, template, float(noise[t, a]), pad) ** 2
-        z = np.sqrt(z2 / b)
-        null_rms = np.median(z[inside]) / np.sqrt(np.log(2.0))
-        iy, ix = np.unravel_index(int(np.argmax(np.where(inside, z, -np.inf))), z.shape)
-        quals.append(float(z[iy, ix] / max(null_rms, 1e-30)))
-        k = _refine(cp_spec[:, a], c0[:, a], otf, np.array([pfy[iy, 0], pfx[0, ix]]),
-                    1.0 / (pad * min(h, w)), xc, refine_iterations)
-        # Modulation from Hann-windowed bands: without a window the camera offset's DC term of
-        # c₀ (which the pattern does not modulate) leaks through the crop edges to every
-        # frequency and, unless k sits on a bin, under-estimated m up to 5× on simulations. The
-        # window's main lobe (±2 bins around f = k in b) is left out.
-        off_dc = np.hypot(fy - k[0], fx - k[1]) > 3.0 / min(h, w)
-        noise_w = (otf(fy, fx) ** 2 * off_dc).sum() * (window**2).mean()
-        ph, co, num, den = [], [], 0.0, 0.0
-        for t in range(b):
-            va, vb = _band_vectors(cp_spec[t, a], c0[t, a], otf, k[None], xc)
-            rho = _match(va, vb)[0]
-            ph.append(float(np.angle(rho)))
-            co.append(float(np.abs(rho)))
-            va, vb = _band_vectors(_fft2(window * cp[t, a]), window * c0[t, a], otf, k[None], xc)
-            num += np.abs((va * np.conj(vb) * off_dc).sum())
-            den += max(float((np.abs(vb) ** 2 * off_dc).sum() - noise[t, a] * noise_w), 1e-30)
-        # k stays the band's own vector: (−k, −φ) would be the same pattern only with the phase
-        # steps reversed, so it is not folded into a half plane (orientation_deg is mod 180°).
+        k, quality, ph, co, mod = _estimate_angle(c0_spec[:, a], c0[:, a], cp[:, a], cp_spec[:, a],
+                                                  noise[:, a], otf, radius, inside, (pfy, pfx), pad,
+                                                  refine_iterations)
         ks.append(k)
+        quals.append(quality)
         phases.append(ph)
         contrasts.append(co)
-        mods.append(min(2.0 * num / den, 1.5))
+        mods.append(mod)
     k = np.stack(ks)  # (A, 2)
     period = 1.0 / np.maximum(np.hypot(k[:, 0], k[:, 1]), 1e-12)
     orient = np.degrees(np.arctan2(k[:, 0], k[:, 1])) % 180.0
@@ -405,6 +375,52 @@ def estimate_pattern_blind(
                                jnp.asarray(np.asarray(phases).T, jnp.float32),
                                jnp.asarray(contrast, jnp.float32), jnp.zeros((b, 2), jnp.float32))
     return BlindPattern(estimate, np.asarray(mods), quality, threshold, period, orient, tuple(messages))
+
+
+def _estimate_angle(c0_spec: np.ndarray, c0: np.ndarray, cp: np.ndarray, cp_spec: np.ndarray,
+                    noise: np.ndarray, otf: OtfFunction, radius: np.ndarray, inside: np.ndarray,
+                    padded_freqs: tuple[np.ndarray, np.ndarray], pad: int, refine_iterations: int):
+    """One angle of :func:`estimate_pattern_blind` over its ``B`` time points: the coarse peak of
+    the pooled detection map and its z, the refined ``k``, and per time point the phase and band
+    match, with the band-ratio modulation. Returns ``(k, quality, phases, contrasts, modulation)``."""
+    b, h, w = c0.shape
+    pfy, pfx = padded_freqs
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    xc = (h / 2.0, w / 2.0)
+    window = np.outer(np.hanning(h), np.hanning(w))
+    z2 = 0.0
+    for t in range(b):
+        g = _signal_fraction(c0_spec[t], radius, float(noise[t]))
+
+        def template(qy, qx, g=g):
+            big_h = otf(qy, qx)
+            return g(np.hypot(qy, qx)) * big_h / (big_h**2 + _WIENER_EPS)
+
+        z2 = z2 + _detection_map(cp[t], c0[t], otf, template, float(noise[t]), pad) ** 2
+    z = np.sqrt(z2 / b)
+    null_rms = np.median(z[inside]) / np.sqrt(np.log(2.0))
+    iy, ix = np.unravel_index(int(np.argmax(np.where(inside, z, -np.inf))), z.shape)
+    quality = float(z[iy, ix] / max(null_rms, 1e-30))
+    k = _refine(cp_spec, c0, otf, np.array([pfy[iy, 0], pfx[0, ix]]), 1.0 / (pad * min(h, w)), xc,
+                refine_iterations)
+    # Modulation from Hann-windowed bands: without a window the camera offset's DC term of c₀
+    # (which the pattern does not modulate) leaks through the crop edges to every frequency and,
+    # unless k sits on a bin, under-estimated m up to 5× on simulations. The window's main lobe
+    # (±2 bins around f = k in b) is left out.
+    off_dc = np.hypot(fy - k[0], fx - k[1]) > 3.0 / min(h, w)
+    noise_w = (otf(fy, fx) ** 2 * off_dc).sum() * (window**2).mean()
+    ph, co, num, den = [], [], 0.0, 0.0
+    for t in range(b):
+        va, vb = _band_vectors(cp_spec[t], c0[t], otf, k[None], xc)
+        rho = _match(va, vb)[0]
+        ph.append(float(np.angle(rho)))
+        co.append(float(np.abs(rho)))
+        va, vb = _band_vectors(_fft2(window * cp[t]), window * c0[t], otf, k[None], xc)
+        num += np.abs((va * np.conj(vb) * off_dc).sum())
+        den += max(float((np.abs(vb) ** 2 * off_dc).sum() - noise[t] * noise_w), 1e-30)
+    # k stays the band's own vector: (−k, −φ) would be the same pattern only with the phase steps
+    # reversed, so it is not folded into a half plane (orientation_deg is mod 180°).
+    return k, quality, ph, co, min(2.0 * num / den, 1.5)
 
 
 class PatternDiagnosis(NamedTuple):
