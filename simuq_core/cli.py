@@ -24,6 +24,10 @@ from simuq_core.config import MicroscopeParams, ParamsError, parse_section, read
 
 __all__ = ["finetune_main", "info_main", "main", "measure_main", "predict_main"]
 
+# Beside a model: the predict settings it was made for (microscope, predict and baseline sections),
+# read by ``simuq predict`` when no ``--params`` is given.
+MODEL_SETTINGS = "predict.yaml"
+
 PREDICT_HELP = """Stage / command ``predict``: reconstruct raw 9-frame SIM stacks with uncertainty maps.
 
 Applies a trained model to any number of TIFF or MRC / DeltaVision stacks of any size (output
@@ -125,6 +129,10 @@ def predict_main(argv: list[str] | None = None, params_default: str | None = Non
     parser.add_argument("--frame-order", choices=("angle_major", "phase_major"), default=None,
                         help="raw frame order (default microscope.frame_order, else angle-major)")
     args = parser.parse_args(argv)
+    own = Path(args.model) / MODEL_SETTINGS
+    if args.params is None and own.is_file():  # the model folder's own predict settings
+        args.params = str(own)
+        print(f"simuq predict: settings from {own} (--params overrides)", file=sys.stderr)
     try:
         raw, predict, baseline, epistemic = read_sections(args.params, "predict", "baseline", "epistemic")
         simulate = parse_section(raw, "simulate", str(args.params)) if raw.get("simulate") else None
