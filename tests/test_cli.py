@@ -59,19 +59,19 @@ def test_predict_runs_from_a_folder_without_params(selfsup_run, tmp_path):
     assert missing.returncode in (1, 2) and "nothing.tif" in missing.stdout + missing.stderr
 
 
-@pytest.mark.parametrize("name", ["mt_finetuned", "synthetic_selfsup"])
-def test_shipped_models_predict_out_of_the_box(name, tmp_path):
-    """Each shipped model is complete: ``simuq info`` reads it, and ``simuq predict`` with no
+def test_shipped_model_predicts_out_of_the_box(tmp_path):
+    """The shipped model is complete: ``simuq info`` reads it, and ``simuq predict`` with no
     params file runs on a crop of the shipped acquisition with the model's own settings and OOD
-    reference (a verdict, not silence)."""
+    reference, which finds the crop within its training distribution."""
     from simuq_core.realdata.reader import read_acquisition
 
-    model = ROOT / "pretrained" / name
+    model = ROOT / "pretrained" / "mt_finetuned"
     assert main(["info", str(model)]) == 0
     frames = read_acquisition(ROOT / "examples" / "rdl_sim_microtubules" / "MT.mrc").frames[0]
     tifffile.imwrite(tmp_path / "crop.tif", frames[:, 96:160, 96:160].astype("float32"))
     rc = main(["predict", "--model", str(model), "--input", str(tmp_path / "crop.tif"), "--out",
                str(tmp_path / "r"), "--quiet", "--pattern", "blind"])
     summary = json.loads((tmp_path / "r" / "crop" / "summary.json").read_text())
-    assert rc == 0 and summary["ood"]["flagged"] in (True, False) and summary["ood"]["terms"]
+    # a crop of the data it was fine-tuned on: checked on both data terms, and within
+    assert rc == 0 and summary["ood"]["terms"] == ["input", "misfit"] and summary["ood"]["flagged"] is False
     assert (tmp_path / "r" / "crop" / "maps.ome.tif").is_file()
