@@ -85,6 +85,15 @@ def _parser(command: str, help_text: str, params_default: str | None) -> argpars
     return parser
 
 
+def _inputs(given: list[str] | None, section: list[str]) -> list[str]:
+    """``--input``, else the ``finetune.inputs`` of the params file; empty (with the message
+    printed) when neither names any file."""
+    inputs = list(given or section)
+    if not inputs:
+        print("error: no input: give --input or finetune.inputs in the params file", file=sys.stderr)
+    return inputs
+
+
 def setup_logging() -> None:
     """INFO for simuq's own loggers only (JAX's INFO chatter stays off)."""
     handler = logging.StreamHandler()
@@ -208,9 +217,8 @@ def finetune_main(argv: list[str] | None = None, params_default: str | None = No
     if not (Path(args.model) / "model.json").exists():
         print(f"error: {args.model}: no model.json (train a model first)", file=sys.stderr)
         return 2
-    inputs = args.input or params.inputs
+    inputs = _inputs(args.input, params.inputs)
     if not inputs:
-        print("error: no input: give --input or finetune.inputs in the params file", file=sys.stderr)
         return 2
     setup_logging()
     out = Path(args.out)
@@ -268,9 +276,8 @@ def measure_main(argv: list[str] | None = None, params_default: str | None = Non
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    inputs = args.input or finetune.inputs
+    inputs = _inputs(args.input, finetune.inputs)
     if not inputs:
-        print("error: no input: give --input or finetune.inputs in the params file", file=sys.stderr)
         return 2
     setup_logging()
     optics = finetune.optics or model_optics
