@@ -32,13 +32,14 @@ PREDICT_HELP = """Stage / command ``predict``: reconstruct raw 9-frame SIM stack
 
 Applies a trained model to any number of TIFF or MRC / DeltaVision stacks of any size (output
 layout, normalisation and validation: ``simuq_core/inference/files.py``). ``--pattern auto`` (default)
-estimates the illumination of MRC / DV files (real acquisitions) blind over the full field, with a
-frame-order diagnosis, and that of TIFFs with the network's own estimate; ``blind`` / ``model``
-force one.
+uses the instrument's wave vectors when the model carries them (a model fine-tuned on acquisitions
+with a clear pattern), fitting only each file's phases; else it estimates the illumination of
+MRC / DV files (real acquisitions) blind over the full field, with a frame-order diagnosis, and
+that of TIFFs with the network's own estimate; ``instrument`` / ``blind`` / ``model`` force one.
 
     python -m stages.predict --model models/selfsup --input "data/sim/test/*.tif" \\
         --out data/predict/selfsup [--tile 32] [--overlap 8] [--norm-offset 100] [--device cpu] \\
-        [--pattern auto|model|blind] [--period-hint 2.87]
+        [--pattern auto|instrument|model|blind] [--period-hint 2.87]
 
 Exit status: 0 all inputs done, 1 some failed (each named in the report), 2 usage errors (no
 inputs, no model, invalid params). Tile default: ``predict.tile``, else the model's training crop
@@ -122,9 +123,11 @@ def predict_main(argv: list[str] | None = None, params_default: str | None = Non
                         help="GroupNorm statistics / PSF: pooled over the image, the mean of "
                              "tile-sized crops' own, or per tile (default predict.context; auto = crops for "
                              "a fine-tuned model, else image)")
-    parser.add_argument("--pattern", choices=("auto", "model", "blind"), default="auto",
-                        help="illumination estimate: blind full-field (real data), the network's, or "
-                             "auto = blind for MRC/DV files (default)")
+    parser.add_argument("--pattern", choices=("auto", "model", "blind", "instrument"), default="auto",
+                        help="illumination estimate: the instrument's wave vectors a fine-tuned model "
+                             "carries (phases fitted per file), blind full-field (real data), the "
+                             "network's; auto (default) = instrument if the model carries one, else "
+                             "blind for MRC/DV files, else the network's")
     parser.add_argument("--epistemic", type=int, default=None, metavar="N",
                         help="MC-dropout passes for epistemic / total std maps of a model trained with "
                              "dropout (default predict.mc_passes = 0: off, each pass costs a network pass)")

@@ -9,7 +9,7 @@ Reads ``<predict>/<model>/report.json`` for every model folder (e.g. ``pretraine
 (:func:`simuq_core.workflows.finetune.field_metrics`) and adds the held-out validation of the fine-tuning
 run (``<finetuned>/metrics.json``). Writes ``<out>/metrics.json`` (DVC metrics),
 ``<out>/summary.md`` and the figure (widefield | Wiener SIM | simuq emitter | emitter std, with a
-zoom in the held-out strip) of the first input predicted by the ``finetuned`` model, and logs it
+zoom in the held-out region) of the first input predicted by the ``finetuned`` model, and logs it
 all into the fine-tuning run's MLflow run (``report_*`` metrics, artifacts). Exit status: 0 done,
 2 nothing to report.
 """
@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ft_metrics = read_json(Path(args.finetuned) / "metrics.json")
     report["heldout"] = {k: ft_metrics[k] for k in ("pretrained", "finetuned")}
+    held = (ft_metrics.get("train") or {}).get("held_out") or {}
+    for k in ("pretrained", "finetuned"):
+        report["heldout"][k] = report["heldout"][k] | {
+            "min_structure_share": held.get("min_structure_share", float("nan"))}
     out = Path(args.out)
     write_json(out / "metrics.json", report)
     write_text(out / "summary.md", _markdown(report))
@@ -104,13 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         if np.isfinite(period):
             circles.append(("SIM limit 2NA/λ + 1/period", (cutoff + 1.0 / period) / r))
         wf = widefield(x[None], r)[0]
-        strip = int(round((1.0 - ft.val_block_fraction) * x.shape[-1])) * r
-        y0, x0 = brightest_window(wf, args.zoom * r, x_from=strip)
+        y0, x0 = brightest_window(wf, args.zoom * r, _held_out_rect(ft_metrics, name, r))
         panels = [("widefield", wf)] + [(t, maps[key]) for t, key in
                                          (("Wiener SIM", "wiener"), ("simuq emitter", "emitter"),
                                           ("emitter std", "emitter_std")) if key in maps]
         plot_real_walkthrough(args.figure, panels, (y0, x0, args.zoom * r),
-                              f"{name}: fine-tuned simuq (zoom in the held-out strip)", camera_nm / r,
+                              f"{name}: fine-tuned simuq (zoom in the held-out region)", camera_nm / r,
                               circles)
     with model_run(args.finetuned, stage="real_report", mode="finetune") as tracker:
         flat = flatten_params(report)
@@ -120,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
             tracker.log_artifact(path, "real_report")
     print(_markdown(report))
     return 0
+
+
+def _held_out_rect(ft_metrics: dict[str, Any], name: str, r: int) -> tuple[int, int, int, int] | None:
+    """The held-out rectangle (model grid) of the input whose prediction folder is ``name``, from
+    the fine-tuning run's metrics; ``None`` (the whole field) if that input was not split."""
+    for row in ((ft_metrics.get("train") or {}).get("held_out") or {}).get("regions", []):
+        if Path(row["path"]).stem == name or Path(row["path"]).name == name:
+            return tuple(int(v) * r for v in row["rect_yx"])
+    return None
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -136,7 +148,7 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += _table(keys, columns)
     held = ["rec_zms", "rec_coverage_68", "rec_coverage_95", "noise_std_pred", "noise_std_classical",
             "widefield_resolution_nm", "emitter_resolution_nm", "sim_limit_nm", "emitter_std_p95_over_mean",
-            "emitter_grid_index"]
+            "emitter_grid_index", "min_structure_share"]
     lines += ["", "## Held-out strip (fine-tuning validation)", ""]
     lines += _table(held, list(report["heldout"].items()))
     return "\n".join(lines) + "\n"

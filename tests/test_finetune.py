@@ -154,7 +154,8 @@ def _check_ood_reference(model_dir: Path) -> None:
 @pytest.mark.slow
 def test_finetune_variance_refit_and_equalised_frames(tmp_path, monkeypatch):
     """``var_refit_epochs``: a second phase trains only the variance heads (the mean path is
-    frozen: identical to a run without the phase), on frames divided by their whole-field gains.
+    frozen: identical to a run without the phase), on frames divided by their whole-field gains;
+    ``resim_epochs``: a third trains only the emitter variance head.
     (The second run also has too little data for an OOD reference: it is skipped with the reason,
     the model is still saved.)"""
     import simuq_core.workflows.finetune as ft
@@ -181,6 +182,17 @@ def test_finetune_variance_refit_and_equalised_frames(tmp_path, monkeypatch):
     assert variance and any(not np.array_equal(plain[k], refitted[k]) for k in variance)
     for k in set(plain.files) - set(variance):
         np.testing.assert_array_equal(plain[k], refitted[k], err_msg=k)
+    # resim_epochs: then only the emitter variance head trains, on re-simulated crops
+    params = {"finetune": section | {"var_refit_epochs": 1, "resim_epochs": 1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["--model", str(pre), "--input", str(MT), "--out", str(tmp_path / "ft_resim"), "--params",
+                 str(tmp_path / "params.yaml"), "--cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    resim = np.load(tmp_path / "ft_resim" / "model.npz")
+    changed = {k for k in plain.files if not np.array_equal(refitted[k], resim[k])}
+    assert changed and all(k.startswith("emitter_logvar_head") for k in changed), changed
+    resim_metrics = json.loads((tmp_path / "ft_resim" / "metrics.json").read_text())
+    assert resim_metrics["train"]["resim"]["steps"] == 2
+    assert resim_metrics["finetuned"]["emitter_resim_zms"] > 0
     summary = json.loads((outs[1] / "metrics.json").read_text())["train"]["var_refit"]
     assert summary["steps"] == 2 and "backbone" in summary["frozen"]
     assert (outs[1] / "var_refit" / "metrics.csv").is_file()

@@ -93,7 +93,7 @@ def _stages(dvc_file: Path):
         yield name, stage, modules.pop()
 
 
-@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "pipelines/real/dvc.yaml"])
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "pipelines/real/dvc.yaml", "pipelines/biosr/dvc.yaml"])
 def test_stage_deps_are_the_code_each_stage_imports(dvc_file):
     """Every stage depends on exactly the subpackages (and stage files) its command imports: a
     missing one would leave a stage stale after an edit, an extra one re-runs it for nothing."""

@@ -174,12 +174,60 @@ def test_held_out_parts_never_train(indexed):
     assert len(held) == 1 and held.isdisjoint({r.acq for r in train})
     plans = np.concatenate([_stream(indexed, train).plan(e) for e in range(5)])
     assert held.isdisjoint(set(plans[:, 0].tolist()))
-    # One acquisition: a right strip is held out and no training crop reaches into it.
+    # One acquisition: an edge strip is held out and no training crop reaches into it.
     single = raw_data.DataIndex(indexed.acquisitions[:1], (), PIXEL, ())
     train, val = split_regions(single, 16, val_block_fraction=0.25, multiple=4)
-    assert [(r.x0, r.x1) for r in val] == [(48, 64)] * 2
-    plans = np.concatenate([_stream(single, train).plan(e) for e in range(20)])
-    assert plans[:, 3].max() + 16 <= 48
+    _assert_strips_disjoint(single, train, val, 16)
+    # Views of one field (val_split strips): a strip of every acquisition, none held out whole.
+    train, val = split_regions(indexed, 16, val_block_fraction=0.25, multiple=4, val_split="strips")
+    assert {r.acq for r in val} == {r.acq for r in train} == set(range(len(indexed.acquisitions)))
+    _assert_strips_disjoint(indexed, train, val, 16)
+
+
+def _assert_strips_disjoint(index, train, val, crop):
+    held = {(r.acq, r.t): r for r in val}
+    for r in val:  # a quarter of one side, at an edge
+        h, w = index.acquisitions[r.acq].shape[2:]
+        assert sorted(r.shape) == [16, 64] and (r.y0 in (0, h - 16) or r.x0 in (0, w - 16))
+    plans = np.concatenate([_stream(index, train).plan(e) for e in range(20)])
+    for acq, t, y0, x0 in plans[:, :4].astype(int):
+        r = held[(acq, t)]
+        assert y0 + crop <= r.y0 or y0 >= r.y1 or x0 + crop <= r.x0 or x0 >= r.x1
+
+
+def _field_with_structure_left(h: int = 64, w: int = 64) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    img = 10.0 + rng.normal(0.0, 0.5, (h, w))
+    yy, xx = np.mgrid[:h, :w]
+    for k in range(6):  # thin bright lines in the left half only
+        img += 20.0 * np.exp(-0.5 * ((xx - 4 - 5 * k) - 0.3 * (yy - h / 2)) ** 2 / 1.2**2) * (xx < w / 2)
+    return img
+
+
+def test_structure_score_sees_lines_not_background():
+    img = _field_with_structure_left()
+    cutoff = 0.35
+    assert raw_data.structure_score(img[:, :16], cutoff) > 20 * raw_data.structure_score(img[:, 48:], cutoff)
+    # Background as bright as the lines, with 10x their noise variance: what is left of it is the
+    # noise floor's own error (~150 out-of-band bins of a 64x16 strip: ~20 % of the 0.38·σ² in band).
+    bright_empty = 1000.0 + np.random.default_rng(1).normal(0.0, 5.0, (64, 16))
+    lines = raw_data.structure_score(img[:, :16], cutoff)
+    assert raw_data.structure_score(bright_empty, cutoff) < 0.15 * lines
+
+
+def test_held_out_strip_avoids_empty_background(tmp_path):
+    """The right quarter is empty background: the held-out strip goes to an edge with structure,
+    and the report says how much it holds."""
+    img = _field_with_structure_left()
+    frames = np.repeat(img[None], 9, axis=0)
+    path = write_tiff(tmp_path / "left.tif", (frames * 10).astype(np.uint16))
+    idx = index([path], tmp_path / "cache")
+    train, val = split_regions(idx, 16, val_block_fraction=0.25, multiple=4)
+    assert val[0].x0 != 48  # not the empty right strip
+    report = raw_data.held_out_structure(idx, val)
+    assert report["min_structure_share"] >= 0.7
+    right = raw_data.Region(0, 0, 0, 64, 48, 64)
+    assert raw_data.held_out_structure(idx, [right])["min_structure_share"] < 0.05
 
 
 def _peak_bytes(stream: CropStream, epochs: int = 2) -> int:

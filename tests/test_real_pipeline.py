@@ -171,12 +171,13 @@ def test_field_metrics_calibration_and_limits():
     assert gridded["emitter_grid_index"] == pytest.approx(0.05 / 2, abs=0.01)
 
 
-def test_brightest_window_finds_the_bright_square_right_of_a_column():
+def test_brightest_window_finds_the_bright_square_inside_a_rectangle():
     img = np.zeros((64, 64))
     img[8:24, 4:20] = 5.0  # brightest, but left of the allowed columns
     img[40:56, 44:60] = 1.0
     assert brightest_window(img, 16) == (8, 4)
-    assert brightest_window(img, 16, x_from=32) == (40, 44)
+    assert brightest_window(img, 16, within=(0, 64, 32, 64)) == (40, 44)
+    assert brightest_window(img, 16, within=(32, 64, 0, 64)) == (40, 44)
 
 
 @pytest.mark.slow

@@ -301,3 +301,71 @@ def test_make_optimizer_freezes_parameters_by_path_prefix():
     updates, _ = tx.update(grads, tx.init(params), params)
     assert float(jnp.abs(updates["emitter_logvar_head"]["out"]["kernel"]).max()) == 0.0
     assert float(jnp.abs(updates["emitter_head"]).min()) > 0.0
+
+
+# -- re-simulation (the emitter std after fine-tuning) ------------------------------------------
+
+
+def test_resimulated_frames_have_the_forward_mean_and_the_camera_noise():
+    """``x* = rec + √var_obs·n``: over many draws its mean is ``rec`` and its variance
+    ``var_obs`` (to their sampling errors), and the target is the network's own emitter."""
+    from simuq_core.training.objectives import resimulated
+
+    p = tiny_params()
+    model = build_model(p.model, p.uq, 9, 0)
+    x = jax.numpy.asarray(_x(1))
+    pred = predict(model, x, p.uq)
+    n = 400
+    noise = jax.random.normal(jax.random.key(3), (n, 9, 16, 16))
+    target, frames = resimulated(model, jax.numpy.repeat(x, n, axis=0), noise, p.uq)
+    rec, var = np.asarray(pred["rec"][0], np.float64), np.asarray(pred["var_obs"][0], np.float64)
+    frames = np.asarray(frames, np.float64)
+    np.testing.assert_allclose(np.asarray(target[0]), np.asarray(pred["emitter"][0]), rtol=1e-5, atol=1e-6)
+    # per pixel: mean within 5 standard errors √(var/n); variance ratio within 5·√(2/n) (pooled)
+    assert np.all(np.abs(frames.mean(axis=0) - rec) < 5 * np.sqrt(var / n) + 1e-6)
+    assert np.mean(frames.var(axis=0) / var) == pytest.approx(1.0, abs=5 * np.sqrt(2 / n) / np.sqrt(var.size))
+
+
+def test_resim_objective_trains_the_emitter_std_towards_the_resimulated_error(tmp_path):
+    """With everything but the emitter variance head frozen, the re-simulation objective moves the
+    emitter std only, and towards calibration on re-simulated data: a head started 10× too wide
+    (log-variance +4.6) ends with a re-simulated ZMS much closer to 1."""
+    from simuq_core.training.objectives import RESIM_NOISE_KEY, resim_objective
+    from simuq_core.workflows.finetune import resim_calibration
+
+    p = tiny_params(train_selfsup={"epochs": 20, "batch_size": 4, "lr": 5e-2, "mean_first_epochs": 0,
+                                   "warmup_steps": 1})
+    model = build_model(p.model, p.uq, 9, 0)
+    head = model.emitter_logvar_head.out
+    head.bias[...] = head.bias[...] + 4.6  # std 10x what the head started with
+    groups = {str(getattr(k[0], "key", k[0])) for k, _ in
+              jax.tree_util.tree_flatten_with_path(nnx.split(model, nnx.Param)[1])[0]}
+    frozen = sorted(g for g in groups if g != "emitter_logvar_head")
+    cfg = p.train_selfsup.model_copy(update={"freeze": frozen})
+    x = _x(8, seed=2)
+    rng = np.random.default_rng(0)
+    tiles = {"x": x}
+    before = resim_calibration(model, p.uq, tiles | _patterns(model, x), batch_size=4)
+    data = {"x": x, RESIM_NOISE_KEY: rng.standard_normal(x.shape).astype(np.float32)}
+    params_before = {k: np.asarray(v) for k, v in _flat_params(model).items()}
+    prior = np.full((model.psf_size,) * 2, 1.0 / model.psf_size**2)
+    trained = Trainer(model, resim_objective(p.uq, cfg, prior), cfg, data, tmp_path,
+                      progress=False).fit().model
+    after = resim_calibration(trained, p.uq, tiles | _patterns(trained, x), batch_size=4)
+    changed = {k for k, v in _flat_params(trained).items()
+               if not np.array_equal(np.asarray(v), params_before[k])}
+    assert changed and all(k.startswith("emitter_logvar_head") for k in changed)
+    assert before["emitter_resim_zms"] < 0.3, before
+    distance = {k: abs(np.log(v["emitter_resim_zms"])) for k, v in (("before", before), ("after", after))}
+    assert distance["after"] < 0.5 * distance["before"], (before, after)
+
+
+def _flat_params(model) -> dict[str, jax.Array]:
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.split(model, nnx.Param)[1])[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): v for path, v in leaves}
+
+
+def _patterns(model, x: np.ndarray) -> dict[str, np.ndarray]:
+    from simuq_core.network.forward import estimate_patterns
+
+    return estimate_patterns(model, x)

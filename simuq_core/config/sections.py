@@ -489,6 +489,11 @@ class FinetuneParams(_Strict):
         "camera-noise coefficients) for this many epochs, with a fresh optimiser: the variance the "
         "pre-trained misfit inflated follows the final residual (0 = off)")
     var_refit_lr: float = Field(2e-3, gt=0.0, lt=1.0, description="learning rate of the variance re-fit")
+    resim_epochs: int = Field(
+        0, ge=0, le=1000, description="then epochs of the emitter-std fit on re-simulated frames (the "
+        "network's own reconstruction, re-imaged with its pattern, PSF and camera noise: a ground truth "
+        "on the lab's structures; only the emitter variance head trains); 0 = off")
+    resim_lr: float = Field(2e-3, gt=0.0, lt=1.0, description="learning rate of the emitter-std fit")
     freeze: list[str] = Field(
         default_factory=list, description="parameters the fine-tuning leaves as pre-trained: path "
         "prefixes, e.g. [emitter_logvar_head] (the emitter std of the pre-trained model)")
@@ -509,8 +514,12 @@ class FinetuneParams(_Strict):
     strict: bool = Field(False, description="stop at the first bad file instead of skipping it")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="held-out share of the acquisitions")
     val_files: list[str] = Field(default_factory=list, description="held-out files (overrides the fraction)")
+    val_split: Literal["auto", "files", "strips"] = Field(
+        "auto", description="files: whole acquisitions held out (val_files / val_fraction); strips: a "
+        "strip of every acquisition, on an edge that holds structure (for views of one field: SNR "
+        "levels, repeats); auto: strips for a single acquisition, files otherwise")
     val_block_fraction: float = Field(0.25, gt=0.0, lt=1.0,
-                                      description="single acquisition: held-out strip, share of the width")
+                                      description="held-out strip, share of the side (val_split strips)")
     val_tile: int = Field(64, ge=8, le=1024, description="side of the validation tiles (camera px)")
     max_val_tiles: int = Field(16, ge=1, le=4096)
     noise_band_margin: float = Field(1.15, ge=1.0, le=2.0,

@@ -161,16 +161,21 @@ def field_metrics(x: np.ndarray, maps: dict[str, np.ndarray], pixel_nm: float, r
     return {k: float(v) for k, v in out.items()}
 
 
-def brightest_window(image: np.ndarray, size: int, x_from: int = 0) -> tuple[int, int]:
-    """Top-left ``(y0, x0)`` of the ``size``² window of highest mean in ``image`` ``(H, W)``
-    among windows starting at column ``x_from`` or later (steps of ``size/4``): the figure's zoom."""
+def brightest_window(image: np.ndarray, size: int,
+                     within: tuple[int, int, int, int] | None = None) -> tuple[int, int]:
+    """Top-left ``(y0, x0)`` of the ``size``² window of highest mean in ``image`` ``(H, W)``, in
+    steps of ``size/4``, inside the rectangle ``within`` ``(y0, y1, x0, x1)`` (default: the whole
+    image; a rectangle narrower than ``size`` holds the window's start): the figure's zoom."""
     h, w = image.shape
     size = min(size, h, w)
     step = max(1, size // 4)
-    x_from = min(max(0, x_from), w - size)
-    best, where = -np.inf, (0, x_from)
-    for y0 in range(0, h - size + 1, step):
-        for x0 in range(x_from, w - size + 1, step):
+    ry0, ry1, rx0, rx1 = within if within is not None else (0, h, 0, w)
+    y_lo, x_lo = min(max(0, ry0), h - size), min(max(0, rx0), w - size)
+    ys = range(y_lo, min(max(ry1 - size, y_lo), h - size) + 1, step)
+    xs = range(x_lo, min(max(rx1 - size, x_lo), w - size) + 1, step)
+    best, where = -np.inf, (ys[0], xs[0])
+    for y0 in ys:
+        for x0 in xs:
             value = float(image[y0:y0 + size, x0:x0 + size].mean())
             if value > best:
                 best, where = value, (y0, x0)

@@ -71,7 +71,13 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from simuq_core.config import PredictParams
-from simuq_core.inference.image_pattern import blind_image_pattern, diagnosis_summary, pattern_source
+from simuq_core.inference.image_pattern import (
+    blind_image_pattern,
+    diagnosis_summary,
+    instrument_image_pattern,
+    model_instrument,
+    pattern_source,
+)
 from simuq_core.inference.maps import MAPS, map_metadata, map_stats
 from simuq_core.inference.ood import ood_check
 from simuq_core.inference.predictor import TiledPredictor
@@ -212,7 +218,8 @@ def _predict_time_point(acq: Acquisition, t: int, source: str, out: Path, predic
     if acq.pixel_nm is not None and abs(acq.pixel_nm / model_pixel_nm - 1) > _PIXEL_SIZE_TOLERANCE:
         warnings.append(f"{source}: pixel size {acq.pixel_nm:.1f} nm differs from the model's "
                         f"{model_pixel_nm:.1f} nm: the PSF and pattern scale will not match")
-    blind = pattern_source(pattern, path) == "blind"
+    mode = pattern_source(pattern, path, model_instrument(spec) is not None)
+    blind = mode in ("blind", "instrument")
     order = (frame_order_warnings(raw, source) if predictor.n_frames == 9 and not blind
              else ([], None))
     warnings += order[0]
@@ -220,8 +227,10 @@ def _predict_time_point(acq: Acquisition, t: int, source: str, out: Path, predic
     clock.lap("checks_and_normalise")
     image_pattern = diag = None
     if blind:
-        image_pattern, diag, cutoff = blind_image_pattern(x, spec, acq.pixel_nm, acq.wavelength_nm, source,
-                                                          period_hint, cfg.otf_file)
+        image_pattern, diag, cutoff = (
+            instrument_image_pattern(x, spec, acq.pixel_nm, acq.wavelength_nm, source, cfg.otf_file)
+            if mode == "instrument" else
+            blind_image_pattern(x, spec, acq.pixel_nm, acq.wavelength_nm, source, period_hint, cfg.otf_file))
         if not diag.ok:
             warnings.append(diag.message)
     clock.lap("pattern")
@@ -243,7 +252,7 @@ def _predict_time_point(acq: Acquisition, t: int, source: str, out: Path, predic
         "frame_order": ("phase-major as read (frame = A*phase + angle), reordered to angle-major"
                         if cfg.frame_order == "phase_major" else "angle-major: frame = P*angle + phase"),
         "model": model, "normalisation": norm.as_dict(), "tiling": tiling,
-        "pattern": (diagnosis_summary(diag) if diag is not None
+        "pattern": (diagnosis_summary(diag, mode) if diag is not None
                     else order[1].as_dict() if order[1] is not None else None),
         "light_pattern": tiling.pop("light_pattern", None),
         "warnings": warnings, "maps": {},

@@ -36,6 +36,8 @@ _FALSE_ALARM = 0.01
 # angle's period from the median period (relative).
 _ORIENTATION_TOL_DEG = 2.0
 _PERIOD_TOL = 0.02
+# Radius (relative to |k|) of the second search around the wave vector the geometry expects.
+_RESEARCH_RADIUS = 0.03
 
 
 class BlindPattern(NamedTuple):
@@ -283,6 +285,53 @@ def _weak_message(a: int, period: float, orient: float, quality: float, threshol
             "signal level (more photons or a larger field of view)")
 
 
+def _orientation_deg(k: np.ndarray) -> float:
+    return float(np.degrees(np.arctan2(k[0], k[1])) % 180.0)
+
+
+def _regular(k: np.ndarray) -> bool:
+    """Whether wave vectors ``(n, 2)`` share one period (within ``_PERIOD_TOL``)."""
+    norms = np.hypot(k[:, 0], k[:, 1])
+    return bool(np.abs(norms / np.median(norms) - 1.0).max() <= _PERIOD_TOL)
+
+
+def _odd_angle(k: np.ndarray, clear: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """The one angle that breaks a regular SIM geometry (``A ≥ 3`` angles ``180°/A`` apart, one
+    period) which all the others, clear and agreeing, define; with the wave vector the geometry
+    expects for it (the others' mean ``|k|``, the free orientation of the ``180°/A`` grid they sit
+    on). ``None`` when the geometry holds, or no single angle explains the break."""
+    n = len(k)
+    if n < 3:
+        return None
+    step = 180.0 / n
+    orient = np.asarray([_orientation_deg(v) for v in k])
+
+    def fits(idx: list[int]) -> tuple[bool, float]:
+        sub = k[idx]
+        if not _regular(sub):
+            return False, 0.0
+        base = orient[idx[0]]
+        offsets = (orient[idx] - base) % step
+        dev = np.minimum(offsets, step - offsets)
+        return bool(dev.max() <= _ORIENTATION_TOL_DEG), base
+
+    if fits(list(range(n)))[0]:
+        return None
+    for a in range(n):
+        others = [i for i in range(n) if i != a]
+        ok, base = fits(others)
+        if not ok or not clear[others].all():
+            continue
+        slots = {int(round(((orient[i] - base) % 180.0) / step)) % n for i in others}
+        free = [j for j in range(n) if j not in slots]
+        if len(free) != 1:
+            continue
+        theta = np.radians(base + free[0] * step)
+        norm = float(np.mean(np.hypot(k[others, 0], k[others, 1])))
+        return a, norm * np.array([np.sin(theta), np.cos(theta)])
+    return None
+
+
 def estimate_pattern_blind(
     frames: np.ndarray | jax.Array,
     n_angles: int,
@@ -317,7 +366,11 @@ def estimate_pattern_blind(
     ``RMS = median/√ln2``, is ``quality``), then a sub-bin maximisation of the OTF-weighted band
     match ``|ρ(q)|`` (:func:`_band_vectors`); ``phase = arg ρ(k)`` at the image centre and
     ``m = 2|⟨a, b⟩| / (‖b‖² − σ²·Σ W₀²H²)`` from the same vectors. Consistency (one period, angles
-    ``180°/A`` apart) and weak angles are reported in ``messages``, never enforced.
+    ``180°/A`` apart) and weak angles are reported in ``messages``, never enforced; but when one
+    angle alone breaks the geometry the others (clear) agree on, its map is searched again within
+    3 % of ``|k|`` of where that geometry puts it (:func:`_odd_angle`), and the peak found there is
+    kept if it clears the threshold: a strong spurious peak elsewhere (dirt, a second reflection)
+    then no longer wins. ``messages`` says which was kept.
     """
     frames = np.asarray(frames, np.float64)
     if frames.ndim == 3:
@@ -362,15 +415,37 @@ def estimate_pattern_blind(
         contrasts.append(co)
         mods.append(mod)
     k = np.stack(ks)  # (A, 2)
+    quality = np.asarray(quals)
+    researched: list[str] = []
+    odd = _odd_angle(k, quality >= threshold)
+    if odd is not None:  # one angle breaks the geometry the others agree on: look there
+        a, k_expected = odd
+        windows = [np.hypot(pfy - sign * k_expected[0], pfx - sign * k_expected[1])
+                   < _RESEARCH_RADIUS * np.hypot(*k_expected) for sign in (1.0, -1.0)]
+        found = [_estimate_angle(c0_spec[:, a], c0[:, a], cp[:, a], cp_spec[:, a], noise[:, a], otf, radius,
+                                 inside, (pfy, pfx), pad, refine_iterations, search=win) for win in windows]
+        best = max(found, key=lambda r: r[1])
+        # the false-alarm level of the small region searched, not of the whole annulus
+        local = _false_alarm_threshold(max(sum(float(w.sum()) for w in windows) / pad**2, 1.0))
+        first = f"period {1 / np.hypot(*k[a]):.3f} px, {_orientation_deg(k[a]):.1f}°, z {quality[a]:.1f}"
+        again = (f"period {1 / np.hypot(*best[0]):.3f} px, {_orientation_deg(best[0]):.1f}°, z {best[1]:.1f}"
+                 f" against {local:.1f} there")
+        if best[1] >= local:
+            researched.append(f"angle {a} broke the geometry of the others ({first}); searched again near "
+                              f"it: kept the peak found there ({again})")
+            ks[a], quals[a], phases[a], contrasts[a], mods[a] = best
+            k, quality = np.stack(ks), np.asarray(quals)
+        else:
+            researched.append(f"angle {a} breaks the geometry of the others ({first}); no peak above the "
+                              f"threshold near it ({again}): kept the first")
     period = 1.0 / np.maximum(np.hypot(k[:, 0], k[:, 1]), 1e-12)
     orient = np.degrees(np.arctan2(k[:, 0], k[:, 1])) % 180.0
-    quality = np.asarray(quals)
     contrast = np.asarray(contrasts).T  # (B, A)
     weak = quality < threshold
     hint = f"the period hint ({period_hint:g} px), " if period_hint is not None else "a period hint, "
     messages = [_weak_message(a, period[a], orient[a], quality[a], threshold, float(contrast[0, a]), hint)
                 for a in np.flatnonzero(weak)]
-    messages += _consistency_messages(period, orient, weak)
+    messages += _consistency_messages(period, orient, weak) + researched
     estimate = PatternEstimate(jnp.asarray(np.broadcast_to(k, (b, n_angles, 2)), jnp.float32),
                                jnp.asarray(np.asarray(phases).T, jnp.float32),
                                jnp.asarray(contrast, jnp.float32), jnp.zeros((b, 2), jnp.float32))
@@ -379,15 +454,16 @@ def estimate_pattern_blind(
 
 def _estimate_angle(c0_spec: np.ndarray, c0: np.ndarray, cp: np.ndarray, cp_spec: np.ndarray,
                     noise: np.ndarray, otf: OtfFunction, radius: np.ndarray, inside: np.ndarray,
-                    padded_freqs: tuple[np.ndarray, np.ndarray], pad: int, refine_iterations: int):
+                    padded_freqs: tuple[np.ndarray, np.ndarray], pad: int, refine_iterations: int,
+                    search: np.ndarray | None = None):
     """One angle of :func:`estimate_pattern_blind` over its ``B`` time points: the coarse peak of
     the pooled detection map and its z, the refined ``k``, and per time point the phase and band
-    match, with the band-ratio modulation. Returns ``(k, quality, phases, contrasts, modulation)``."""
+    match, with the band-ratio modulation. Returns ``(k, quality, phases, contrasts, modulation)``.
+    ``search``: where the peak is looked for (default ``inside``); the null RMS of the z is always
+    that of the whole annulus ``inside``."""
     b, h, w = c0.shape
     pfy, pfx = padded_freqs
-    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
     xc = (h / 2.0, w / 2.0)
-    window = np.outer(np.hanning(h), np.hanning(w))
     z2 = 0.0
     for t in range(b):
         g = _signal_fraction(c0_spec[t], radius, float(noise[t]))
@@ -399,10 +475,22 @@ def _estimate_angle(c0_spec: np.ndarray, c0: np.ndarray, cp: np.ndarray, cp_spec
         z2 = z2 + _detection_map(cp[t], c0[t], otf, template, float(noise[t]), pad) ** 2
     z = np.sqrt(z2 / b)
     null_rms = np.median(z[inside]) / np.sqrt(np.log(2.0))
-    iy, ix = np.unravel_index(int(np.argmax(np.where(inside, z, -np.inf))), z.shape)
+    search = inside if search is None else search
+    iy, ix = np.unravel_index(int(np.argmax(np.where(search, z, -np.inf))), z.shape)
     quality = float(z[iy, ix] / max(null_rms, 1e-30))
     k = _refine(cp_spec, c0, otf, np.array([pfy[iy, 0], pfx[0, ix]]), 1.0 / (pad * min(h, w)), xc,
                 refine_iterations)
+    return (k, quality, *_phases_and_modulation(c0, cp, cp_spec, noise, otf, k))
+
+
+def _phases_and_modulation(c0: np.ndarray, cp: np.ndarray, cp_spec: np.ndarray, noise: np.ndarray,
+                           otf: OtfFunction, k: np.ndarray) -> tuple[list[float], list[float], float]:
+    """For one angle's bands of ``B`` time points and its wave vector ``k``: the phase and band
+    match ``|ρ(k)|`` per time point, and the band-ratio modulation pooled over them."""
+    b, h, w = c0.shape
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    xc = (h / 2.0, w / 2.0)
+    window = np.outer(np.hanning(h), np.hanning(w))
     # Modulation from Hann-windowed bands: without a window the camera offset's DC term of c₀
     # (which the pattern does not modulate) leaks through the crop edges to every frequency and,
     # unless k sits on a bin, under-estimated m up to 5× on simulations. The window's main lobe
@@ -420,7 +508,7 @@ def _estimate_angle(c0_spec: np.ndarray, c0: np.ndarray, cp: np.ndarray, cp_spec
         den += max(float((np.abs(vb) ** 2 * off_dc).sum() - noise[t] * noise_w), 1e-30)
     # k stays the band's own vector: (−k, −φ) would be the same pattern only with the phase steps
     # reversed, so it is not folded into a half plane (orientation_deg is mod 180°).
-    return k, quality, ph, co, min(2.0 * num / den, 1.5)
+    return ph, co, min(2.0 * num / den, 1.5)
 
 
 class PatternDiagnosis(NamedTuple):

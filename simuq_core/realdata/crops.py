@@ -24,9 +24,10 @@ network. This module turns a set of files into batches without ever holding the 
    moved to the crop (:data:`~simuq_core.network.forward.PATTERN_KEYS` arrays, as
    :func:`~simuq_core.pattern.estimate.shift_pattern_origin`). Batching and read-ahead threads are
    ``grain`` (``MapDataset`` → ``batch`` → ``to_iter_dataset(ReadOptions)``).
-3. **Hold out** (:func:`split_regions`): with several acquisitions, whole acquisitions (a
-   fraction chosen with the seed, or named files); with one, a strip at the right edge of the
-   field (``val_block_fraction`` of the width) that no training crop overlaps.
+3. **Hold out** (:func:`split_regions`): whole acquisitions (a fraction chosen with the seed, or
+   named files), or a strip of each acquisition (``val_block_fraction`` of its side) on an edge
+   that holds structure like the rest of the field (:func:`structure_score`: a fixed strip can be
+   empty background, and then validates nothing), which no training crop overlaps.
 
 TIFFs that cannot be memory-mapped (compressed, tiled) are read page by page: still one frame
 at a time, never the whole stack.
@@ -34,6 +35,7 @@ at a time, never the whole stack.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -50,6 +52,12 @@ from simuq_core.io import write_json
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.pattern.blind import estimate_pattern_blind
 from simuq_core.pattern.estimate import PATTERN_KEYS
+from simuq_core.pattern.instrument import (
+    InstrumentPattern,
+    SessionEstimate,
+    fit_pattern_phases,
+    pool_wave_vectors,
+)
 from simuq_core.realdata.checks import InputError, angle_major_order
 from simuq_core.realdata.normalise import frame_gains, resolve_offset
 from simuq_core.realdata.reader import MRC_SUFFIXES, measured_otf, read_acquisition
@@ -60,9 +68,11 @@ __all__ = [
     "DataIndex",
     "IndexedAcquisition",
     "Region",
+    "held_out_structure",
     "index_acquisitions",
     "read_crop",
     "split_regions",
+    "structure_score",
 ]
 
 log = logging.getLogger("simuq.raw_data")
@@ -122,11 +132,12 @@ class DataIndex:
     skipped: tuple[tuple[str, str], ...]
     pixel_nm: float | None
     messages: tuple[str, ...]
+    instrument: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"n_acquisitions": len(self.acquisitions), "n_skipped": len(self.skipped),
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-                "pixel_nm": self.pixel_nm, "messages": list(self.messages),
+                "pixel_nm": self.pixel_nm, "messages": list(self.messages), "instrument": self.instrument,
                 "acquisitions": [{"path": a.path, "shape": list(a.shape), "norm_scale": a.norm_scale,
                                   "norm_offset": a.norm_offset, "pattern": a.pattern}
                                  for a in self.acquisitions]}
@@ -233,6 +244,8 @@ def index_acquisitions(
     equalize_frames: bool = False,
     strict: bool = False,
     otf_file: str | os.PathLike | None = None,
+    instrument: InstrumentPattern | None = None,
+    session_pattern: bool = True,
 ) -> DataIndex:
     """Index raw acquisitions (module docstring, step 1).
 
@@ -252,6 +265,12 @@ def index_acquisitions(
     strict : raise on the first bad file instead of skipping it.
     otf_file : measured radial OTF (:func:`measured_otf`) for the blind pattern search; ``None``:
         the ideal Airy OTF of ``na`` / ``wavelength_nm``.
+    instrument : the instrument's wave vectors (e.g. measured on a bright acquisition); default
+        with ``session_pattern``: pooled over the files whose blind estimate is clear
+        (:func:`~simuq_core.pattern.instrument.pool_wave_vectors`). A file whose own estimate is
+        weak or irregular gets the instrument's wave vectors with its own phases
+        (:func:`~simuq_core.pattern.instrument.fit_pattern_phases`); a clear file that disagrees
+        with them keeps its own, and is named (``messages``).
 
     Raises
     ------
@@ -298,12 +317,50 @@ def index_acquisitions(
     pixel = _common_pixel(found)
     messages = [f"{a.path}: no pixel size recorded: assumed {default_pixel_nm:g} nm"
                 for a in found if a.pixel_nm is None]
+    if instrument is None and session_pattern:
+        instrument = pool_wave_vectors([_session_estimate(a) for a in found])
+    if instrument is not None:
+        messages += list(instrument.disagreements)
+        found = [a if _session_estimate(a).clear else _with_instrument_pattern(a, instrument, settings)
+                 for a in found]
     if pixel is not None and abs(pixel / default_pixel_nm - 1.0) > 0.1:
         messages.append(f"the acquisitions' pixel size {pixel:.2f} nm differs from the model's "
                         f"{default_pixel_nm:.2f} nm by more than 10 %: PSF and pattern scales differ")
     for m in messages:
         log.warning("%s", m)
-    return DataIndex(tuple(found), tuple(skipped), pixel, tuple(messages))
+    return DataIndex(tuple(found), tuple(skipped), pixel, tuple(messages),
+                     instrument.as_dict() if instrument is not None else None)
+
+
+def _session_estimate(entry: IndexedAcquisition) -> SessionEstimate:
+    quality = np.asarray(entry.pattern["quality_z"], np.float64)
+    clear = bool((quality >= entry.pattern["threshold_z"]).all() and not entry.pattern["messages"])
+    return SessionEstimate(entry.path, np.asarray(entry.pattern_k[0], np.float64), quality, clear,
+                           int(min(entry.shape[-2:])))
+
+
+def _with_instrument_pattern(entry: IndexedAcquisition, instrument: InstrumentPattern,
+                             settings: dict[str, Any]) -> IndexedAcquisition:
+    """``entry`` with the instrument's wave vectors and its own phases fitted at them; the blind
+    estimate is kept under ``pattern["blind"]``."""
+    frames = read_acquisition(entry.path, settings["n_angles"], settings["n_phases"],
+                              settings["frame_order"]).frames
+    pixel = entry.pixel_nm or settings["default_pixel_nm"]
+    otf = measured_otf(settings["otf_file"], pixel) if settings.get("otf_file") else None
+    fit = fit_pattern_phases(frames, instrument.k, entry.otf_cutoff, otf)
+    est = fit.estimate
+    note = (f"{entry.path}: its own pattern estimate is weak or irregular: the instrument's wave vectors "
+            f"(periods {', '.join(f'{p:.3f}' for p in instrument.period_px)} px, pooled over "
+            f"{len(instrument.sources)} file(s)) are used, with phases fitted to this file"
+            + (" (" + "; ".join(fit.messages) + ")" if fit.messages else ""))
+    log.warning("%s", note)
+    return dataclasses.replace(
+        entry, pattern_k=np.asarray(est.k, np.float64).tolist(),
+        pattern_phase=np.asarray(est.phase, np.float64).tolist(),
+        pattern_contrast=np.asarray(est.contrast, np.float64).tolist(),
+        pattern=fit.as_dict() | {"source": "instrument", "offset_source": entry.pattern.get("offset_source"),
+                                 "blind": entry.pattern},
+        warnings=entry.warnings + (note,))
 
 
 def _common_pixel(found: Sequence[IndexedAcquisition]) -> float | None:
@@ -341,20 +398,80 @@ class Region:
         return self.y1 - self.y0, self.x1 - self.x0
 
 
+def structure_score(image: np.ndarray, otf_cutoff: float) -> float:
+    """How much imaged structure a widefield ``image`` ``(h, w)`` holds, per pixel: its Hann-windowed
+    spectral power in the detection band ``0.1·k_c < |f| < k_c`` (``otf_cutoff``, cycles/px) minus
+    the noise floor measured beyond ``1.15·k_c`` (zero where the camera leaves no such band).
+    Empty background scores ≈ 0 whatever its brightness or noise."""
+    img = np.asarray(image, np.float64)
+    h, w = img.shape
+    win = np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fft2((img - img.mean()) * win)) ** 2 / (win**2).sum()
+    radius = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
+    band = (radius > 0.1 * otf_cutoff) & (radius < otf_cutoff)
+    beyond = radius > 1.15 * otf_cutoff
+    floor = float(power[beyond].mean()) if beyond.any() else 0.0
+    return float(max(power[band].sum() - floor * band.sum(), 0.0) / (h * w))
+
+
+# A held-out strip holds "structure like the field" when its score is at least this share of the
+# whole field's: the first candidate that does is taken, else the one with most structure.
+_STRIP_STRUCTURE_SHARE = 0.7
+_STRIP_SIDES = ("right", "left", "bottom", "top")
+
+
+def _strip(entry: IndexedAcquisition, crop: int, fraction: float, multiple: int
+           ) -> tuple[str, tuple[int, int, int, int], tuple[int, int, int, int], float]:
+    """The held-out strip of one acquisition: ``(side, training rectangle, held-out rectangle,
+    structure share)``, rectangles as ``(y0, y1, x0, x1)``, chosen among the four edges
+    (:func:`structure_score` of the time-averaged widefield image, share of the whole field's)."""
+    t_count, _, h, w = entry.shape
+    wide = np.mean([read_crop(entry, t, 0, 0, (h, w)).mean(axis=0) for t in range(t_count)], axis=0)
+    whole = structure_score(wide, entry.otf_cutoff)
+    candidates = []
+    for side in _STRIP_SIDES:
+        size = w if side in ("right", "left") else h
+        strip = int(np.ceil(fraction * size / multiple) * multiple)
+        strip = min(strip, size - crop)
+        if strip < multiple:
+            continue
+        rects = {"right": ((0, h, 0, w - strip), (0, h, w - strip, w)),
+                 "left": ((0, h, strip, w), (0, h, 0, strip)),
+                 "bottom": ((0, h - strip, 0, w), (h - strip, h, 0, w)),
+                 "top": ((strip, h, 0, w), (0, strip, 0, w))}[side]
+        y0, y1, x0, x1 = rects[1]
+        share = structure_score(wide[y0:y1, x0:x1], entry.otf_cutoff) / whole if whole > 0 else 1.0
+        candidates.append((side, rects[0], rects[1], share))
+    if not candidates:
+        raise ValueError(f"{entry.path}: {h}×{w} px is too small for {crop}-px training crops and a "
+                         "held-out strip: lower val_block_fraction or the crop size")
+    good = [c for c in candidates if c[3] >= _STRIP_STRUCTURE_SHARE]
+    return good[0] if good else max(candidates, key=lambda c: c[3])
+
+
 def split_regions(index: DataIndex, crop: int, *, val_fraction: float = 0.2,
                   val_files: Sequence[str] = (), val_block_fraction: float = 0.25, multiple: int = 1,
-                  seed: int = 0) -> tuple[list[Region], list[Region]]:
+                  seed: int = 0, val_split: Literal["auto", "files", "strips"] = "auto"
+                  ) -> tuple[list[Region], list[Region]]:
     """Training and held-out regions (module docstring, step 3), one per time point.
 
-    ``val_files``: held-out files (matched by path or file name; overrides ``val_fraction``); else
-    ``round(val_fraction·N)`` acquisitions (at least 1 when ``N ≥ 2`` and ``val_fraction > 0``),
-    drawn with ``seed``. With a single acquisition: the right strip of width
-    ``val_block_fraction·W`` (rounded up to ``multiple`` px) is held out and the training crops
-    stay left of it. Raises ``ValueError`` when no training crop of side ``crop`` fits.
+    ``val_split``: ``files`` holds out whole acquisitions: ``val_files`` (matched by path or file
+    name; overrides ``val_fraction``), else ``round(val_fraction·N)`` of them (at least 1 when
+    ``N ≥ 2`` and ``val_fraction > 0``), drawn with ``seed``. ``strips`` holds out a strip of every
+    acquisition, ``val_block_fraction`` of its width or height (rounded up to ``multiple`` px), on
+    the edge that holds structure (:func:`_strip`); no training crop overlaps it. Use it when the
+    files are views of one field (SNR levels, repeats): a whole held-out file would then be seen
+    anyway. ``auto``: strips for a single acquisition, files otherwise. Each held-out
+    :class:`Region` of a strip records nothing more; :func:`held_out_structure` reports the
+    strips' structure. Raises ``ValueError`` when no training crop of side ``crop`` fits.
     """
     acqs = index.acquisitions
     n = len(acqs)
-    if val_files:
+    strips = val_split == "strips" or (val_split == "auto" and n == 1)
+    held: set[int] = set()
+    if strips:
+        pass
+    elif val_files:
         wanted = {str(v) for v in val_files}
         held = {i for i, a in enumerate(acqs) if a.path in wanted or Path(a.path).name in wanted}
         missing = wanted - {acqs[i].path for i in held} - {Path(acqs[i].path).name for i in held}
@@ -363,27 +480,40 @@ def split_regions(index: DataIndex, crop: int, *, val_fraction: float = 0.2,
     elif n >= 2 and val_fraction > 0:
         k = min(n - 1, max(1, round(val_fraction * n)))
         held = {int(i) for i in np.random.default_rng([seed, n]).permutation(n)[:k]}
-    else:
-        held = set()
     train, val = [], []
     for i, a in enumerate(acqs):
-        t_count, _, h, w = a.shape
-        if n == 1 and val_block_fraction > 0:
-            strip = int(np.ceil(val_block_fraction * w / multiple) * multiple)
-            strip = min(strip, w - crop)
-            if strip < multiple:
-                raise ValueError(f"{a.path}: {w} px is too narrow for {crop}-px training crops and a "
-                                 "held-out strip: lower val_block_fraction or the crop size")
+        t_count = a.shape[0]
+        if strips:
+            _, (ty0, ty1, tx0, tx1), (vy0, vy1, vx0, vx1), _ = _strip(a, crop, val_block_fraction,
+                                                                      multiple)
             for t in range(t_count):
-                train.append(Region(i, t, 0, h, 0, w - strip))
-                val.append(Region(i, t, 0, h, w - strip, w))
+                train.append(Region(i, t, ty0, ty1, tx0, tx1))
+                val.append(Region(i, t, vy0, vy1, vx0, vx1))
             continue
+        h, w = a.shape[2:]
         for t in range(t_count):
             (val if i in held else train).append(Region(i, t, 0, h, 0, w))
     for r in train:
         if min(r.shape) < crop:
             raise ValueError(f"{acqs[r.acq].path}: training region {r.shape} is smaller than the crop {crop}")
     return train, val
+
+
+def held_out_structure(index: DataIndex, regions: Sequence[Region]) -> dict[str, Any]:
+    """How much structure the held-out ``regions`` hold: per region, :func:`structure_score` of its
+    widefield image as a share of its acquisition's whole field, with the side of a strip; and the
+    smallest share. A share near 0 means the held-out numbers measure background only."""
+    rows = []
+    for r in regions:
+        entry = index.acquisitions[r.acq]
+        _, _, h, w = entry.shape
+        wide = read_crop(entry, r.t, 0, 0, (h, w)).mean(axis=0)
+        whole = structure_score(wide, entry.otf_cutoff)
+        part = structure_score(wide[r.y0:r.y1, r.x0:r.x1], entry.otf_cutoff)
+        rows.append({"path": entry.path, "t": r.t, "rect_yx": [r.y0, r.y1, r.x0, r.x1],
+                     "structure_share": part / whole if whole > 0 else float("nan")})
+    shares = [row["structure_share"] for row in rows if np.isfinite(row["structure_share"])]
+    return {"regions": rows, "min_structure_share": min(shares) if shares else float("nan")}
 
 
 def read_crop(entry: IndexedAcquisition, t: int, y0: int, x0: int, size: tuple[int, int]) -> np.ndarray:

@@ -57,6 +57,7 @@ from simuq_core.realdata.crops import (
     CropStream,
     DataIndex,
     Region,
+    held_out_structure,
     index_acquisitions,
     read_crop,
     split_regions,
@@ -64,7 +65,7 @@ from simuq_core.realdata.crops import (
 from simuq_core.realdata.normalise import NORMALISATION_RULE
 from simuq_core.realdata.reader import find_inputs
 from simuq_core.training.engine import Trainer
-from simuq_core.training.objectives import selfsup_objective
+from simuq_core.training.objectives import RESIM_NOISE_KEY, resim_objective, resimulated, selfsup_objective
 from simuq_core.uncertainty.epistemic import fit_input_model, input_features, ood_reference, ood_scores
 
 __all__ = [
@@ -147,6 +148,34 @@ def _predictor(uq: UQParams, batch_size: int) -> Callable[[nnx.Module, dict[str,
     return run
 
 
+def resim_calibration(model: nnx.Module, uq: UQParams, tiles: dict[str, np.ndarray], batch_size: int = 8,
+                      seed: int = 0) -> dict[str, float]:
+    """GT-free emitter calibration on re-simulated tiles
+    (:func:`~simuq_core.training.objectives.resimulated`): ZMS and 95 % coverage of
+    ``(e* − ê)/std*``, where ``ê`` is the network's emitter of a tile and ``e*``, ``std*`` its
+    reading of the tile re-imaged with new camera noise. It measures the noise-driven part of the
+    emitter error on the lab's own structures (``seed``: the noise)."""
+    fn = nnx.jit(lambda m, x, noise, pattern: _resim_pair(m, x, noise, uq, pattern))
+    rng = np.random.default_rng(seed)
+    z2, inside = [], []
+    for i in range(0, len(tiles["x"]), batch_size):
+        part = {k: jnp.asarray(tiles[k][i:i + batch_size]) for k in ("x", *PATTERN_KEYS)}
+        noise = jnp.asarray(rng.standard_normal(part["x"].shape, np.float32))
+        outputs = fn(model, part["x"], noise, batch_pattern(part))
+        target, emitter, var = (np.asarray(v, np.float64) for v in outputs)
+        z = (emitter - target) / np.sqrt(np.maximum(var, 1e-30))
+        z2.append((z**2).ravel())
+        inside.append((np.abs(z) < 1.96).ravel())
+    return {"emitter_resim_zms": float(np.concatenate(z2).mean()),
+            "emitter_resim_coverage_95": float(np.concatenate(inside).mean())}
+
+
+def _resim_pair(model, x, noise, uq: UQParams, pattern):
+    target, frames = resimulated(model, x, noise, uq, pattern)
+    pred = predict(model, frames, uq, pattern)
+    return target, pred["emitter"], pred["emitter_var"]
+
+
 def _calibration(x: np.ndarray, pred: dict[str, np.ndarray]) -> dict[str, float]:
     z = (x.astype(np.float64) - pred["rec"]) / np.sqrt(np.maximum(pred["var_rec"], 1e-30))
     return {"rec_zms": float(np.mean(z**2)), "rec_coverage_68": float(np.mean(np.abs(z) < 1.0)),
@@ -196,6 +225,7 @@ def validate(model: nnx.Module, uq: UQParams, tiles: dict[str, np.ndarray], inde
     # on the tiles' interior: their border rows are no grid
     out["emitter_grid_index"] = grid_index(pred["emitter"], GRID_PERIOD_PX * rescale, border=True)
     if "emitter_var" in pred:
+        out |= resim_calibration(model, uq, tiles, batch_size)
         std = np.sqrt(pred["emitter_var"].reshape(len(x), -1))
         mean, p95 = std.mean(axis=1), np.percentile(std, 95, axis=1)
         out["emitter_std_mean"] = float(mean.mean())
@@ -277,7 +307,8 @@ def _prepare(pretrained_model_dir, inputs: Sequence[str], out_dir, params: Finet
         otf_file=params.otf_file)
     train_regions, val_regions = split_regions(
         index, crop, val_fraction=params.val_fraction, val_files=params.val_files,
-        val_block_fraction=params.val_block_fraction, multiple=multiple, seed=params.seed)
+        val_block_fraction=params.val_block_fraction, multiple=multiple, seed=params.seed,
+        val_split=params.val_split)
     if not val_regions:
         raise ValueError("nothing held out for validation: set val_fraction > 0 or val_files")
     stream = CropStream(index, train_regions, crop, params.batch_size, params.crops_per_epoch,
@@ -316,17 +347,25 @@ def run_finetuning(
     refit = (_refit_variance(run, result.model, offset=result.history[-1] if result.history else {})
              if params.var_refit_epochs else None)
     final = refit.model if refit is not None else result.model
+    resim = None
+    if params.resim_epochs and "emitter" in run.uq.targets:
+        epochs_before = result.epochs_run + (refit.epochs_run if refit is not None else 0)
+        resim = _fit_emitter_std(run, final, epoch0=epochs_before)
+        final = resim.model
     reference = _save(run, final)
     after = run.evaluate(final, True)
     log.info("fine-tuned, held-out: %s", {k: round(v, 4) for k, v in after.items()})
     metrics = {"pretrained": before, "finetuned": after, "index": run.index.summary(),
                "train": {"steps": result.steps, "epochs_run": result.epochs_run, "crop": run.crop,
                          "n_train_regions": len(run.train_regions), "n_val_regions": len(run.val_regions),
+                         "held_out": held_out_structure(run.index, run.val_regions),
                          "final": {k: v for k, v in result.history[-1].items()
                                    if isinstance(v, float | int)} if result.history else {},
                          "var_refit": ({"steps": refit.steps, "epochs_run": refit.epochs_run,
                                         "frozen": _mean_path_prefixes(result.model)}
-                                       if refit is not None else None)},
+                                       if refit is not None else None),
+                         "resim": ({"steps": resim.steps, "epochs_run": resim.epochs_run,
+                                    "trained": [_EMITTER_VAR_HEAD]} if resim is not None else None)},
                "ood_reference": {k: v for k, v in reference.items() if k != "input_model"}}
     write_json(run.out_dir / "metrics.json", _json_safe(metrics))
     return metrics
@@ -343,7 +382,10 @@ def _save(run: _Run, final: nnx.Module) -> dict[str, Any]:
         "finetune": {"pretrained": run.pretrained_dir, "inputs": [str(p) for p in run.paths],
                      "params": run.params.model_dump(mode="json"), "pixel_nm": run.pixel_nm,
                      "pattern_period_px_median": float(np.median(periods)),
-                     "pattern_source": "blind full-field estimate per acquisition (raw_data)"},
+                     "pattern_source": "blind full-field estimate per acquisition; the instrument's wave "
+                                       "vectors for those whose own estimate is weak or irregular",
+                     "instrument_pattern": (run.index.instrument | {"pixel_nm": run.pixel_nm}
+                                            if run.index.instrument else None)},
     }
     save_model(final, out_spec, run.out_dir)
     try:
@@ -389,10 +431,14 @@ def ood_reference_from_data(model: nnx.Module, uq: UQParams, index: DataIndex, r
 def _mean_path_prefixes(model: nnx.Module) -> list[str]:
     """Top-level parameter groups that are not variance heads (names without ``logvar``, other
     than the camera-noise coefficients ``obs_noise_raw``): what the variance re-fit freezes."""
+    return sorted(t for t in _parameter_groups(model) if "logvar" not in t and t != "obs_noise_raw")
+
+
+def _parameter_groups(model: nnx.Module) -> set[str]:
+    """The top-level names of the model's parameters (``backbone``, ``emitter_logvar_head``, …)."""
     _, params = nnx.split(model, nnx.Param)
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    tops = {str(getattr(path[0], "key", path[0])) for path, _ in leaves}
-    return sorted(t for t in tops if "logvar" not in t and t != "obs_noise_raw")
+    return {str(getattr(path[0], "key", path[0])) for path, _ in leaves}
 
 
 def _refit_variance(run: _Run, model: nnx.Module, offset: dict[str, Any]):
@@ -421,6 +467,44 @@ def _refit_variance(run: _Run, model: nnx.Module, offset: dict[str, Any]):
              params.var_refit_lr, frozen)
     return run.trainer(model, refit_cfg, run.out_dir / "var_refit",
                        shifted if run.on_rows is not None else None).fit()
+
+
+_EMITTER_VAR_HEAD = "emitter_logvar_head"
+
+
+class _WithResimNoise:
+    """A :class:`~simuq_core.training.engine.BatchSource` adding standard-normal draws
+    (:data:`RESIM_NOISE_KEY`) of the frames' shape to every batch of ``source``, deterministic
+    for ``(seed, epoch, batch)``."""
+
+    def __init__(self, source, seed: int):
+        self.source, self.seed = source, seed
+        self.steps_per_epoch = source.steps_per_epoch
+
+    def epoch_batches(self, epoch: int):
+        for i, batch in enumerate(self.source.epoch_batches(epoch)):
+            rng = np.random.default_rng([self.seed, epoch, i])
+            yield batch | {RESIM_NOISE_KEY: rng.standard_normal(np.shape(batch["x"]), np.float32)}
+
+
+def _fit_emitter_std(run: _Run, model: nnx.Module, epoch0: int):
+    """Last phase of :func:`run_finetuning`: only the emitter variance head trains, on re-simulated
+    crops (:func:`~simuq_core.training.objectives.resim_objective`), for ``resim_epochs`` at
+    ``resim_lr``. Rows go to ``out_dir/resim/metrics.csv`` and to ``on_rows`` with epochs continued."""
+    params, cfg = run.params, run.cfg
+    frozen = sorted(t for t in _parameter_groups(model) if t != _EMITTER_VAR_HEAD)
+    resim_cfg = cfg.model_copy(update={"epochs": params.resim_epochs, "lr": params.resim_lr,
+                                       "warmup_steps": min(cfg.warmup_steps, 2), "mean_first_epochs": 0,
+                                       "freeze": frozen, "resume": False})
+    def shifted(rows: list[dict[str, Any]]) -> None:
+        run.on_rows([r | {"epoch": int(r.get("epoch", 0)) + epoch0} for r in rows])
+
+    log.info("emitter-std fit on re-simulated crops: %d epochs at lr %g", params.resim_epochs,
+             params.resim_lr)
+    return Trainer(model, resim_objective(run.uq, resim_cfg, run.prior), resim_cfg,
+                   _WithResimNoise(run.stream, params.seed), run.out_dir / "resim",
+                   evaluator=lambda m: run.evaluate(m, False), devices=run.devices, progress=run.progress,
+                   on_rows=shifted if run.on_rows is not None else None).fit()
 
 
 def _json_safe(obj: Any) -> Any:
