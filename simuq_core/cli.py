@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 from simuq_core.config import MicroscopeParams, ParamsError, parse_section, read_sections
+from simuq_core.logs import setup_logging
 
 __all__ = ["finetune_main", "info_main", "main", "measure_main", "predict_main"]
 
@@ -93,15 +93,6 @@ def _inputs(given: list[str] | None, section: list[str]) -> list[str]:
     if not inputs:
         print("error: no input: give --input or finetune.inputs in the params file", file=sys.stderr)
     return inputs
-
-
-def setup_logging() -> None:
-    """INFO for simuq's own loggers only (JAX's INFO chatter stays off)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    root = logging.getLogger("simuq")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
 
 
 def predict_main(argv: list[str] | None = None, params_default: str | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from simuq_core.config import Params, ParamsError, parse_params, read_sections  # noqa: F401 (stages import it from here)
+from simuq_core.logs import setup_logging  # noqa: F401 (stages import it from here)
 
 
 def repo_root() -> Path:
@@ -31,15 +31,6 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         return parse_params(raw, source=str(path))
     except ParamsError as exc:
         sys.exit(f"error: {exc}")
-
-
-def setup_logging() -> None:
-    """INFO for simuq's own loggers only (JAX's INFO chatter stays off)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    root = logging.getLogger("simuq")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
 
 
 def model_run(model_dir: str | os.PathLike, stage: str, mode: str):

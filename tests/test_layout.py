@@ -11,7 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top: a module may import only from its own subpackage or one listed before it.
-LAYERS = ["optics", "io", "config", "tracking", "pattern", "baselines", "simulation", "realdata",
+LAYERS = ["optics", "io", "logs", "config", "tracking", "pattern", "baselines", "simulation", "realdata",
           "uncertainty", "network", "evaluation", "training", "inference", "reports", "workflows", "cli"]
 
 

@@ -199,6 +199,11 @@ def test_bad_file_is_skipped_with_its_name(files):
     result = measure_files([bad, good], **OPTICS, offset=OFFSET)
     assert [f["path"] for f in result["files"]] == [str(good)]
     assert len(result["skipped"]) == 1 and str(bad) in result["skipped"][0]["reason"]
+    # the session's wave vectors: the one clear file's own
+    inst = result["instrument_pattern"]
+    assert inst["sources"] == [str(good)] and inst["pixel_nm"] == pytest.approx(62.6)
+    np.testing.assert_allclose(inst["k_cycles_per_px"], result["files"][0]["pattern"]["k_cycles_per_px"],
+                               atol=1e-6)
     with pytest.raises(InputError, match="bad.tif"):
         measure_files([bad], **OPTICS)
 

@@ -66,7 +66,8 @@ class BlindPattern(NamedTuple):
         return self.quality < self.threshold
 
     def as_dict(self) -> dict[str, Any]:
-        return {"period_px": [round(float(v), 4) for v in self.period_px],
+        return {"k_cycles_per_px": np.round(np.asarray(self.estimate.k[0], np.float64), 6).tolist(),
+                "period_px": [round(float(v), 4) for v in self.period_px],
                 "orientation_deg": [round(float(v), 2) for v in self.orientation_deg],
                 "modulation": [round(float(v), 3) for v in self.modulation],
                 "quality_z": [round(float(v), 2) for v in self.quality],
@@ -332,6 +333,53 @@ def _odd_angle(k: np.ndarray, clear: np.ndarray) -> tuple[int, np.ndarray] | Non
     return None
 
 
+def _research_odd_angle(per_angle: list[list], threshold: float, estimate: Callable,
+                        padded_freqs: tuple[np.ndarray, np.ndarray], pad: int) -> list[str]:
+    """Search again, near the geometry the other angles agree on, for an angle that breaks it
+    (:func:`_odd_angle`); ``per_angle`` = ``[ks, qualities, phases, contrasts, modulations]`` lists,
+    updated in place when the peak found there clears the false-alarm level of the small window
+    searched. ``estimate(a, search)`` runs :func:`_estimate_angle` for angle ``a`` within the
+    boolean map ``search``. Returns the message saying which peak was kept (none if no angle is odd)."""
+    ks, quals = per_angle[0], per_angle[1]
+    k, quality = np.stack(ks), np.asarray(quals)
+    odd = _odd_angle(k, quality >= threshold)
+    if odd is None:
+        return []
+    a, k_expected = odd
+    pfy, pfx = padded_freqs
+    windows = [np.hypot(pfy - sign * k_expected[0], pfx - sign * k_expected[1])
+               < _RESEARCH_RADIUS * np.hypot(*k_expected) for sign in (1.0, -1.0)]
+    best = max((estimate(a, win) for win in windows), key=lambda r: r[1])
+    # the false-alarm level of the small region searched, not of the whole annulus
+    local = _false_alarm_threshold(max(sum(float(w.sum()) for w in windows) / pad**2, 1.0))
+    first = f"period {1 / np.hypot(*k[a]):.3f} px, {_orientation_deg(k[a]):.1f}°, z {quality[a]:.1f}"
+    again = (f"period {1 / np.hypot(*best[0]):.3f} px, {_orientation_deg(best[0]):.1f}°, z {best[1]:.1f}"
+             f" against {local:.1f} there")
+    if best[1] < local:
+        return [f"angle {a} breaks the geometry of the others ({first}); no peak above the threshold near "
+                f"it ({again}): kept the first"]
+    for values, new in zip(per_angle, best, strict=True):
+        values[a] = new
+    return [f"angle {a} broke the geometry of the others ({first}); searched again near it: kept the peak "
+            f"found there ({again})"]
+
+
+def _checked_frames(frames: np.ndarray | jax.Array, n_angles: int, band: tuple[float, float]) -> np.ndarray:
+    frames = np.asarray(frames, np.float64)
+    if frames.ndim == 3:
+        frames = frames[None]
+    if frames.ndim != 4:
+        raise ValueError(f"frames must be (B, F, H, W) or (F, H, W), got shape {frames.shape}")
+    f = frames.shape[1]
+    if f % n_angles:
+        raise ValueError(f"{f} frames do not split into n_angles={n_angles} angles")
+    if f // n_angles < 3:
+        raise ValueError(f"pattern estimation needs >= 3 phases per angle, got {f // n_angles}")
+    if not 0.0 < band[0] < band[1]:
+        raise ValueError(f"band must be 0 < low < high (units of the cut-off), got {band}")
+    return frames
+
+
 def estimate_pattern_blind(
     frames: np.ndarray | jax.Array,
     n_angles: int,
@@ -372,18 +420,8 @@ def estimate_pattern_blind(
     kept if it clears the threshold: a strong spurious peak elsewhere (dirt, a second reflection)
     then no longer wins. ``messages`` says which was kept.
     """
-    frames = np.asarray(frames, np.float64)
-    if frames.ndim == 3:
-        frames = frames[None]
-    if frames.ndim != 4:
-        raise ValueError(f"frames must be (B, F, H, W) or (F, H, W), got shape {frames.shape}")
+    frames = _checked_frames(frames, n_angles, band)
     b, f, h, w = frames.shape
-    if f % n_angles:
-        raise ValueError(f"{f} frames do not split into n_angles={n_angles} angles")
-    if f // n_angles < 3:
-        raise ValueError(f"pattern estimation needs >= 3 phases per angle, got {f // n_angles}")
-    if not 0.0 < band[0] < band[1]:
-        raise ValueError(f"band must be 0 < low < high (units of the cut-off), got {band}")
     otf = airy_camera_otf(otf_cutoff) if otf is None else otf
     c0, cp = _separate_bands(frames, n_angles)
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
@@ -404,40 +442,15 @@ def estimate_pattern_blind(
     # Independent bins searched (half the annulus: ±k are one peak), for the false-alarm level.
     n_bins = max(inside.sum() / pad**2 / 2.0, 1.0)
     threshold = _false_alarm_threshold(n_bins)
-    ks, phases, contrasts, mods, quals = [], [], [], [], []
-    for a in range(n_angles):
-        k, quality, ph, co, mod = _estimate_angle(c0_spec[:, a], c0[:, a], cp[:, a], cp_spec[:, a],
-                                                  noise[:, a], otf, radius, inside, (pfy, pfx), pad,
-                                                  refine_iterations)
-        ks.append(k)
-        quals.append(quality)
-        phases.append(ph)
-        contrasts.append(co)
-        mods.append(mod)
-    k = np.stack(ks)  # (A, 2)
-    quality = np.asarray(quals)
-    researched: list[str] = []
-    odd = _odd_angle(k, quality >= threshold)
-    if odd is not None:  # one angle breaks the geometry the others agree on: look there
-        a, k_expected = odd
-        windows = [np.hypot(pfy - sign * k_expected[0], pfx - sign * k_expected[1])
-                   < _RESEARCH_RADIUS * np.hypot(*k_expected) for sign in (1.0, -1.0)]
-        found = [_estimate_angle(c0_spec[:, a], c0[:, a], cp[:, a], cp_spec[:, a], noise[:, a], otf, radius,
-                                 inside, (pfy, pfx), pad, refine_iterations, search=win) for win in windows]
-        best = max(found, key=lambda r: r[1])
-        # the false-alarm level of the small region searched, not of the whole annulus
-        local = _false_alarm_threshold(max(sum(float(w.sum()) for w in windows) / pad**2, 1.0))
-        first = f"period {1 / np.hypot(*k[a]):.3f} px, {_orientation_deg(k[a]):.1f}°, z {quality[a]:.1f}"
-        again = (f"period {1 / np.hypot(*best[0]):.3f} px, {_orientation_deg(best[0]):.1f}°, z {best[1]:.1f}"
-                 f" against {local:.1f} there")
-        if best[1] >= local:
-            researched.append(f"angle {a} broke the geometry of the others ({first}); searched again near "
-                              f"it: kept the peak found there ({again})")
-            ks[a], quals[a], phases[a], contrasts[a], mods[a] = best
-            k, quality = np.stack(ks), np.asarray(quals)
-        else:
-            researched.append(f"angle {a} breaks the geometry of the others ({first}); no peak above the "
-                              f"threshold near it ({again}): kept the first")
+
+    def angle(a: int, search: np.ndarray | None = None):
+        return _estimate_angle(c0_spec[:, a], c0[:, a], cp[:, a], cp_spec[:, a], noise[:, a], otf, radius,
+                               inside, (pfy, pfx), pad, refine_iterations, search=search)
+
+    ks, quals, phases, contrasts, mods = (list(v) for v in zip(*(angle(a) for a in range(n_angles)),
+                                                               strict=True))
+    researched = _research_odd_angle([ks, quals, phases, contrasts, mods], threshold, angle, (pfy, pfx), pad)
+    k, quality = np.stack(ks), np.asarray(quals)
     period = 1.0 / np.maximum(np.hypot(k[:, 0], k[:, 1]), 1e-12)
     orient = np.degrees(np.arctan2(k[:, 0], k[:, 1])) % 180.0
     contrast = np.asarray(contrasts).T  # (B, A)

@@ -44,6 +44,7 @@ from scipy import ndimage
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.optics.spectra import freq_radius
 from simuq_core.pattern.blind import OtfFunction, estimate_pattern_blind
+from simuq_core.pattern.instrument import SessionEstimate, pool_wave_vectors
 from simuq_core.realdata.checks import InputError
 from simuq_core.realdata.normalise import resolve_offset
 from simuq_core.realdata.photon_transfer import periodic_smooth, photon_transfer
@@ -486,7 +487,9 @@ def measure_files(
     Returns
     -------
     ``{"version", "files": [measurement + "path", "layout"], "skipped": [{"path", "reason"}],
-    "override", "warnings"}`` (JSON-safe; warnings prefixed with the file).
+    "override", "warnings", "instrument_pattern"}`` (JSON-safe; warnings prefixed with the file;
+    ``instrument_pattern``: the wave vectors pooled over the files with a clear pattern,
+    :func:`~simuq_core.pattern.instrument.pool_wave_vectors`, or ``None``).
 
     Raises
     ------
@@ -528,5 +531,14 @@ def measure_files(
     if not files:
         raise InputError("no usable acquisition among the inputs" + "".join(
             f"\n  {s['reason']}" for s in skipped))
+    instrument = pool_wave_vectors([
+        SessionEstimate(f["path"], np.asarray(f["pattern"]["k_cycles_per_px"], np.float64),
+                        np.asarray(f["pattern"]["quality_z"], np.float64),
+                        not f["pattern"]["weak"] and not f["pattern"]["messages"], int(min(f["shape"][-2:])))
+        for f in files])
+    if instrument is not None:
+        notes += list(instrument.disagreements)
     return {"version": MEASURE_VERSION, "files": files, "skipped": skipped,
-            "override": simulate_override(files), "warnings": notes}
+            "override": simulate_override(files), "warnings": notes,
+            "instrument_pattern": (instrument.as_dict() | {"pixel_nm": float(files[0]["pixel_nm"])}
+                                   if instrument is not None else None)}
