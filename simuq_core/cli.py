@@ -114,6 +114,9 @@ def predict_main(argv: list[str] | None = None, params_default: str | None = Non
                         help="GroupNorm statistics / PSF: pooled over the image, the mean of "
                              "tile-sized crops' own, or per tile (default predict.context; auto = crops for "
                              "a fine-tuned model, else image)")
+    parser.add_argument("--instrument", default=None, metavar="JSON",
+                        help="the instrument's wave vectors from this file (simuq measure's output, or a "
+                             "fine-tuned model.json) in place of the model's")
     parser.add_argument("--pattern", choices=("auto", "model", "blind", "instrument"), default="auto",
                         help="illumination estimate: the instrument's wave vectors a fine-tuned model "
                              "carries (phases fitted per file), blind full-field (real data), the "
@@ -163,6 +166,7 @@ def predict_main(argv: list[str] | None = None, params_default: str | None = Non
 
     enable_compile_cache()
     options = RunOptions(context=args.context, pattern=args.pattern, epistemic=args.epistemic,
+                         instrument=args.instrument,
                          ood_reference=args.ood_reference, progress=not args.quiet)
     try:
         report = run_predict(args.model, args.input, args.out, cfg, baseline, epistemic_seed=epistemic.seed,

@@ -141,7 +141,8 @@ def _markdown(report: dict[str, Any]) -> str:
     keys = ["rec_zms", "rec_coverage_68", "rec_coverage_95", "noise_std_classical", "rec_std_hann",
             "widefield_resolution_nm", "wiener_resolution_nm", "emitter_resolution_nm", "sim_limit_nm",
             "widefield_limit_nm", "emitter_std_p95_over_mean", "emitter_std_p95_over_mean_interior",
-            "wiener_std_p95_over_mean_interior", "emitter_grid_index", "wiener_grid_index", "period_px_mean",
+            "wiener_std_p95_over_mean_interior", "emitter_grid_index", "wiener_grid_index",
+            "emitter_carrier_db_max", "wiener_carrier_db_max", "period_px_mean",
             "ood_combined_ratio", "ood_flagged"]
     columns = [(f"{model} / {name}", m) for model, inputs in report["full_field"].items()
                for name, m in inputs.items()]

@@ -5,6 +5,7 @@ disagreeing file named."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from simuq_core.optics.imaging import otf_cutoff_cycles_per_px
 from simuq_core.pattern.blind import airy_camera_otf, estimate_pattern_blind
@@ -134,3 +135,26 @@ def test_an_angle_off_the_geometry_is_searched_again_where_the_others_put_it():
     err = np.hypot(*(k - k_true).T) / np.hypot(*k_true.T)
     assert err.max() < 0.01, (err, est.messages)
     assert any("angle 1 broke the geometry" in m and "kept the peak found there" in m for m in est.messages)
+
+
+def test_fine_tuning_leaves_out_a_file_whose_pattern_is_detected_nowhere(tmp_path):
+    """A pure-noise stack beside a bright one: its phase fit at the session's wave vectors fails
+    at every angle, so it is left out of fine-tuning with the reason; alone, nothing is left."""
+    import tifffile
+
+    from simuq_core.realdata.checks import InputError
+    from simuq_core.realdata.crops import index_acquisitions, without_unknown_patterns
+
+    bright, _ = _session(3000.0, 1, np.array([0.4, 2.0, -1.3]))
+    tifffile.imwrite(tmp_path / "bright.tif", bright.astype(np.uint16))
+    # (the blind search's false alarms are 1 % per angle: this draw has none, as ~97 % of draws)
+    noise = np.random.default_rng(6).poisson(50.0, (9, SIZE, SIZE)) + 100
+    tifffile.imwrite(tmp_path / "noise.tif", noise.astype(np.uint16))
+    kw = {"na": 1.3, "wavelength_nm": 488.0, "default_pixel_nm": 62.6, "norm_offset": 100.0}
+    index = index_acquisitions([tmp_path / "bright.tif", tmp_path / "noise.tif"], tmp_path / "cache", **kw)
+    kept = without_unknown_patterns(index)
+    assert [a.path for a in kept.acquisitions] == [str(tmp_path / "bright.tif")]
+    assert "detected at no angle" in kept.skipped[-1][1] and "noise.tif" in kept.skipped[-1][1]
+    alone = index_acquisitions([tmp_path / "noise.tif"], tmp_path / "cache", **kw)
+    with pytest.raises(InputError, match="no acquisition with a detectable pattern"):
+        without_unknown_patterns(alone)

@@ -512,6 +512,9 @@ class FinetuneParams(_Strict):
         False, description="divide every frame by its relative mean intensity over the whole field "
         "(per-angle illumination differences the mean-1 light pattern cannot fit)")
     strict: bool = Field(False, description="stop at the first bad file instead of skipping it")
+    skip_unknown_pattern: bool = Field(
+        True, description="leave out acquisitions whose pattern is detected at no angle (their crops "
+        "would train against a wrong forward model)")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="held-out share of the acquisitions")
     val_files: list[str] = Field(default_factory=list, description="held-out files (overrides the fraction)")
     val_split: Literal["auto", "files", "strips"] = Field(

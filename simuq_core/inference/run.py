@@ -68,12 +68,15 @@ class RunOptions:
     """What a caller may choose beyond the ``predict`` section: ``context`` (``None``: the
     section's), ``pattern`` (``auto`` / ``model`` / ``blind``), ``epistemic`` MC-dropout passes
     (``None``: ``predict.mc_passes``; a model without dropout has none), ``ood_reference``
-    (``None``: the model folder's own, if any) and ``progress`` bars."""
+    (``None``: the model folder's own, if any), ``instrument`` (a JSON with an
+    ``instrument_pattern``, e.g. ``measure``'s output, in place of the model's) and ``progress``
+    bars."""
 
     context: str | None = None
     pattern: str = "auto"
     epistemic: int | None = None
     ood_reference: str | os.PathLike | None = None
+    instrument: str | os.PathLike | None = None
     progress: bool = True
 
 
@@ -85,6 +88,23 @@ def _reference(model_dir: Path, given: str | os.PathLike | None) -> dict[str, An
     if not ref.exists():
         raise PredictUsageError(f"--ood-reference {ref}: no such file (run the epistemic stage)")
     return read_json(ref)
+
+
+def _with_instrument(spec: dict[str, Any], given: str | os.PathLike | None) -> dict[str, Any]:
+    """``spec`` carrying the instrument pattern of the JSON file ``given`` (a ``measure`` output,
+    or a fine-tuned ``model.json``), in place of its own."""
+    if not given:
+        return spec
+    path = Path(given)
+    if not path.is_file():
+        raise PredictUsageError(f"--instrument {path}: no such file (run simuq measure on bright "
+                                "acquisitions)")
+    data = read_json(path)
+    pattern = data.get("instrument_pattern") or (data.get("finetune") or {}).get("instrument_pattern")
+    if not pattern:
+        raise PredictUsageError(f"--instrument {path}: no instrument_pattern in it (no acquisition measured "
+                                "there had a clear pattern)")
+    return spec | {"finetune": (spec.get("finetune") or {}) | {"instrument_pattern": pattern}}
 
 
 def run_predict(model_dir: str | os.PathLike, patterns: list[str], out: str | os.PathLike, cfg: PredictParams,
@@ -102,6 +122,7 @@ def run_predict(model_dir: str | os.PathLike, patterns: list[str], out: str | os
     if not (model_dir / "model.json").exists():
         raise PredictUsageError(f"{model_dir}: no model.json (train a model first)")
     model, spec = load_model(model_dir)
+    spec = _with_instrument(spec, options.instrument)
     try:
         tile = resolve_tile(cfg.tile, spec, fallback=fallback_tile)
         wiener = wiener_options(baseline, cfg.wiener_w or baseline.wiener_w[0]) if cfg.wiener else None

@@ -195,6 +195,39 @@ def _detection_map(cp: np.ndarray, c0: np.ndarray, otf: OtfFunction, template: C
     return num / np.sqrt(np.maximum(den * noise, 1e-30))
 
 
+def _detection_at(cp: np.ndarray, c0: np.ndarray, otf: OtfFunction, template: Callable, noise: float,
+                  q: np.ndarray) -> np.ndarray:
+    """The statistic ``z(q)`` of :func:`_detection_map` at given candidates ``q`` ``(N, 2)``
+    (cycles/px) only: the numerator as a direct sum ``N·|Σ_x (h⊛c₊)(x)·ŝ(x)·e^{−2πi q·x}|`` and
+    the denominator with ``Ŝ(f − q)`` the FFT of ``ŝ·e^{2πi q·x}``. Cheaper than the map for a few
+    known locations (a phase fit at the instrument's wave vectors)."""
+    h, w = c0.shape
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    big_h = otf(fy, fx)
+    s_hat = _ifft2(_fft2(c0) * template(fy, fx)).real
+    x = _ifft2(_fft2(cp) * big_h)
+    yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
+    out = np.empty(len(q))
+    for i, (qy, qx) in enumerate(np.asarray(q, np.float64)):
+        ramp = np.exp(2j * np.pi * (qy * yy + qx * xx))
+        num = h * w * np.abs((x * s_hat * np.conj(ramp)).sum())
+        den = (big_h**2 * np.abs(_fft2(s_hat * ramp)) ** 2).sum()
+        out[i] = num / np.sqrt(max(den * noise, 1e-30))
+    return out
+
+
+def _wiener_template(c0_spec: np.ndarray, radius: np.ndarray, noise: float, otf: OtfFunction) -> Callable:
+    """The widefield template ``W₀ = G·H/(H² + ε)`` of the detection statistic, with the signal
+    fraction ``G`` of this band's power spectrum."""
+    g = _signal_fraction(c0_spec, radius, noise)
+
+    def template(qy, qx):
+        big_h = otf(qy, qx)
+        return g(np.hypot(qy, qx)) * big_h / (big_h**2 + _WIENER_EPS)
+
+    return template
+
+
 def _band_vectors(cp_spec: np.ndarray, c0: np.ndarray, otf: OtfFunction, q: np.ndarray,
                   xc: tuple[float, float],
                   otf_grid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -479,12 +512,7 @@ def _estimate_angle(c0_spec: np.ndarray, c0: np.ndarray, cp: np.ndarray, cp_spec
     xc = (h / 2.0, w / 2.0)
     z2 = 0.0
     for t in range(b):
-        g = _signal_fraction(c0_spec[t], radius, float(noise[t]))
-
-        def template(qy, qx, g=g):
-            big_h = otf(qy, qx)
-            return g(np.hypot(qy, qx)) * big_h / (big_h**2 + _WIENER_EPS)
-
+        template = _wiener_template(c0_spec[t], radius, float(noise[t]), otf)
         z2 = z2 + _detection_map(cp[t], c0[t], otf, template, float(noise[t]), pad) ** 2
     z = np.sqrt(z2 / b)
     null_rms = np.median(z[inside]) / np.sqrt(np.log(2.0))

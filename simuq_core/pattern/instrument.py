@@ -25,13 +25,12 @@ import numpy as np
 from simuq_core.pattern.blind import (
     BlindPattern,
     OtfFunction,
-    _band_vectors,
-    _false_alarm_threshold,
+    _detection_at,
     _fft2,
-    _match,
     _noise_power,
     _phases_and_modulation,
     _separate_bands,
+    _wiener_template,
     airy_camera_otf,
 )
 from simuq_core.pattern.estimate import PatternEstimate
@@ -158,10 +157,11 @@ def fit_pattern_phases(frames: np.ndarray, k: np.ndarray, otf_cutoff: float,
     (angle-major, equal phase steps) at the given wave vectors ``k`` ``(A, 2)`` (cycles/px).
 
     The returned :class:`~simuq_core.pattern.blind.BlindPattern` has ``k`` as given and, as
-    ``quality``, the detection z of each angle's phase: the band match ``|ρ(k)|`` (RMS over the
-    time points) over the null RMS of ``|ρ|`` at the same ``|k|`` rotated away from ``±k``
-    (``RMS = median/√ln2``); ``threshold`` is the 1 % false-alarm z of a single known location. A
-    weak angle gets a message (its phase is unreliable); the wave vectors are not questioned."""
+    ``quality``, the detection z of each angle: the blind search's matched-filter statistic
+    (:func:`~simuq_core.pattern.blind._detection_at`, RMS over the time points) at ``k``, over its
+    null RMS at the same ``|k|`` rotated 20°–160° away (``RMS = median/√ln2``); ``threshold`` is
+    the 1 % false-alarm z of one known location, ``√ln 100``. A weak angle gets a message (its
+    phase is unreliable); the wave vectors are not questioned."""
     frames = np.asarray(frames, np.float64)
     frames = frames[None] if frames.ndim == 3 else frames
     k = np.asarray(k, np.float64)
@@ -174,17 +174,22 @@ def fit_pattern_phases(frames: np.ndarray, k: np.ndarray, otf_cutoff: float,
     cp_spec = _fft2(cp)
     radius = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
     noise = _noise_power(cp_spec, radius, otf_cutoff)
-    xc = (h / 2.0, w / 2.0)
-    threshold = _false_alarm_threshold(1.0)
+    c0_spec = _fft2(c0 - c0.mean(axis=(-2, -1), keepdims=True))
+    # one known location: P(z > t) = e^{−t²} for the unit Rayleigh null, 1 % at t = √ln 100
+    threshold = float(np.sqrt(np.log(100.0)))
     phases, contrasts, mods, quality, messages = [], [], [], [], []
+    rot = np.radians(_NULL_ROTATIONS_DEG)
     for a in range(n_angles):
         ph, co, mod = _phases_and_modulation(c0[:, a], cp[:, a], cp_spec[:, a], noise[:, a], otf, k[a])
-        rot = np.radians(_NULL_ROTATIONS_DEG)
-        null_q = np.stack([k[a, 0] * np.cos(rot) + k[a, 1] * np.sin(rot),
-                           -k[a, 0] * np.sin(rot) + k[a, 1] * np.cos(rot)], axis=-1)
-        null = np.sqrt(np.mean([np.abs(_match(*_band_vectors(cp_spec[t, a], c0[t, a], otf, null_q, xc))) ** 2
-                                for t in range(b)], axis=0))
-        z = float(np.sqrt(np.mean(np.square(co))) / max(np.median(null) / np.sqrt(np.log(2.0)), 1e-30))
+        rotated = np.stack([k[a, 0] * np.cos(rot) + k[a, 1] * np.sin(rot),
+                            -k[a, 0] * np.sin(rot) + k[a, 1] * np.cos(rot)], -1)
+        candidates = np.concatenate([k[a][None], rotated])
+        z2 = np.mean([_detection_at(cp[t, a], c0[t, a], otf,
+                                    _wiener_template(c0_spec[t, a], radius, float(noise[t, a]), otf),
+                                    float(noise[t, a]), candidates) ** 2 for t in range(b)], axis=0)
+        z = np.sqrt(z2)
+        null_rms = np.median(z[1:]) / np.sqrt(np.log(2.0))
+        z = float(z[0] / max(null_rms, 1e-30))
         phases.append(ph)
         contrasts.append(co)
         mods.append(mod)

@@ -73,6 +73,7 @@ __all__ = [
     "read_crop",
     "split_regions",
     "structure_score",
+    "without_unknown_patterns",
 ]
 
 log = logging.getLogger("simuq.raw_data")
@@ -330,6 +331,30 @@ def index_acquisitions(
         log.warning("%s", m)
     return DataIndex(tuple(found), tuple(skipped), pixel, tuple(messages),
                      instrument.as_dict() if instrument is not None else None)
+
+
+def without_unknown_patterns(index: DataIndex) -> DataIndex:
+    """``index`` without the acquisitions whose pattern was detected at no angle (blind search and,
+    where the session's wave vectors exist, the phase fit at them): they move to ``skipped`` with
+    the reason. Self-supervised training compares the frames with the forward model under the
+    given pattern; with an unknown one it can only learn to ignore the pattern. Raises
+    :class:`InputError` when nothing is left."""
+    keep, dropped = [], []
+    for a in index.acquisitions:
+        quality = np.asarray(a.pattern["quality_z"], np.float64)
+        if (quality < a.pattern["threshold_z"]).all():
+            zs = ", ".join(f"{q:.1f}" for q in quality)
+            dropped.append((a.path, f"{a.path}: pattern detected at no angle (z {zs} < "
+                                    f"{a.pattern['threshold_z']:.1f}): left out of fine-tuning, whose crops "
+                                    "need the right pattern (predict still reconstructs it)"))
+        else:
+            keep.append(a)
+    for _, reason in dropped:
+        log.warning("%s", reason)
+    if not keep:
+        raise InputError("no acquisition with a detectable pattern to fine-tune on" + "".join(
+            f"\n  {reason}" for _, reason in dropped))
+    return dataclasses.replace(index, acquisitions=tuple(keep), skipped=index.skipped + tuple(dropped))
 
 
 def _session_estimate(entry: IndexedAcquisition) -> SessionEstimate:

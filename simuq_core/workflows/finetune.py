@@ -61,6 +61,7 @@ from simuq_core.realdata.crops import (
     index_acquisitions,
     read_crop,
     split_regions,
+    without_unknown_patterns,
 )
 from simuq_core.realdata.normalise import NORMALISATION_RULE
 from simuq_core.realdata.reader import find_inputs
@@ -305,6 +306,8 @@ def _prepare(pretrained_model_dir, inputs: Sequence[str], out_dir, params: Finet
         frame_order=params.frame_order, period_hint=params.period_hint, norm_offset=params.norm_offset,
         norm_percentile=params.norm_percentile, equalize_frames=params.equalize_frames, strict=params.strict,
         otf_file=params.otf_file)
+    if params.skip_unknown_pattern:
+        index = without_unknown_patterns(index)
     train_regions, val_regions = split_regions(
         index, crop, val_fraction=params.val_fraction, val_files=params.val_files,
         val_block_fraction=params.val_block_fraction, multiple=multiple, seed=params.seed,
