@@ -158,3 +158,31 @@ def test_fine_tuning_leaves_out_a_file_whose_pattern_is_detected_nowhere(tmp_pat
     alone = index_acquisitions([tmp_path / "noise.tif"], tmp_path / "cache", **kw)
     with pytest.raises(InputError, match="no acquisition with a detectable pattern"):
         without_unknown_patterns(alone)
+
+
+def test_unknown_phases_are_marginalised_as_a_uniform_mixture():
+    """predict with phases not detected: the draws' means are averaged and their spread enters
+    the std (mixture variance = mean variance + variance of the means); detected angles keep
+    their fitted phases."""
+    from simuq_core.inference.files import phase_marginalised
+    from simuq_core.pattern.estimate import PatternEstimate
+
+    seen = []
+
+    def fake_predictor(x, desc, pattern):
+        est, _ = pattern
+        phase = np.asarray(est.phase)
+        seen.append(phase.copy())
+        level = float(np.cos(phase[..., 1]).sum())  # the map depends on angle 1's phase
+        return {"emitter": np.full((4, 4), level), "emitter_std": np.full((4, 4), 0.5)}, {"tiles": 1}
+
+    est = PatternEstimate(np.zeros((1, 3, 2)), np.array([[0.1, 0.2, 0.3]]), np.ones((1, 3)), np.zeros((1, 2)))
+    maps, tiling = phase_marginalised(fake_predictor, np.zeros((9, 2, 2)), "x", (est, (1.0, 1.0)),
+                                      np.array([1]), draws=50, seed=0)
+    phases = np.asarray(seen)[:, 0]
+    np.testing.assert_allclose(phases[:, [0, 2]], np.tile([0.1, 0.3], (50, 1)), rtol=1e-6)
+    levels = np.cos(phases[:, 1])
+    assert levels.std() > 0.3  # the unknown phase was drawn, not kept
+    np.testing.assert_allclose(maps["emitter"], levels.mean(), rtol=1e-5)
+    np.testing.assert_allclose(maps["emitter_std"], np.sqrt(0.25 + levels.var()), rtol=1e-5)
+    assert tiling["phase_draws"] == 50 and tiling["phase_marginalised_angles"] == [1]

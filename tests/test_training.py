@@ -369,3 +369,19 @@ def _patterns(model, x: np.ndarray) -> dict[str, np.ndarray]:
     from simuq_core.network.forward import estimate_patterns
 
     return estimate_patterns(model, x)
+
+
+@pytest.mark.slow
+def test_selfsup_training_ends_with_the_emitter_std_fit_when_asked(tiny_data, tmp_path):
+    """``train_selfsup.resim_epochs``: after the usual run, only the emitter variance head trains
+    on re-simulated samples; every other parameter equals the run without it."""
+    from simuq_core.workflows.train import run_training
+
+    section = {"epochs": 1, "debug_every_epochs": 1, "resim_epochs": 1, "resim_lr": 1e-2}
+    run_training("selfsup", tiny_params(train_selfsup=section), tiny_data, tmp_path / "resim", progress=False)
+    run_training("selfsup", tiny_params(train_selfsup=section | {"resim_epochs": 0}), tiny_data,
+                 tmp_path / "plain", progress=False)
+    with_fit, plain = np.load(tmp_path / "resim" / "model.npz"), np.load(tmp_path / "plain" / "model.npz")
+    changed = {k for k in plain.files if not np.array_equal(plain[k], with_fit[k])}
+    assert changed and all(k.startswith("emitter_logvar_head") for k in changed), changed
+    assert (tmp_path / "resim" / "resim" / "metrics.csv").is_file()

@@ -328,6 +328,10 @@ class TrainParams(_Strict):
     freeze: list[str] = Field(
         default_factory=list, description="parameters kept fixed: path prefixes such as "
         "emitter_logvar_head (simuq_core.training.engine.make_optimizer)")
+    resim_epochs: int = Field(
+        0, ge=0, le=10000, description="self-supervised: then epochs of the emitter-std fit on "
+        "re-simulated frames (only the emitter variance head trains; docs/design.md §5.15); 0 = off")
+    resim_lr: float = Field(2e-3, gt=0.0, lt=1.0, description="learning rate of the emitter-std fit")
     gt_norm: Literal["none", "minmax", "minmax_full", "minmax_per_channel"] = Field(
         "none", description="supervised GT normalisation (train_sup only)"
     )

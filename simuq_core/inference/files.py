@@ -176,6 +176,39 @@ def _model_info(model_dir: str | os.PathLike, spec: dict[str, Any]) -> dict[str,
             "obs_noise": spec["uq"]["obs_noise"], "psf_size": spec["psf_size"]}
 
 
+#: Draws of the unknown phases of angles whose phase was not detected (:func:`phase_marginalised`).
+PHASE_DRAWS = 8
+
+
+def phase_marginalised(predictor: TiledPredictor, x: np.ndarray, desc: str, image_pattern, angles: np.ndarray,
+                       draws: int = PHASE_DRAWS, seed: int = 0
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The maps of ``x`` with the phases of ``angles`` unknown: ``draws`` passes with those phases
+    drawn uniformly (the others as fitted), mixed as a uniform mixture: every mean map averaged,
+    every std map ``√(mean var + var of its mean)`` (the spread the unknown phase causes is part
+    of the error). Wave vectors known but phases not (a dim file of a known instrument): one
+    fitted phase would be a guess, and its stripes would be read as structure."""
+    pattern, centre = image_pattern
+    rng = np.random.default_rng(seed)
+    runs = []
+    tiling: dict[str, Any] = {}
+    for _ in range(draws):
+        phase = np.array(pattern.phase, np.float32, copy=True)
+        phase[..., angles] = rng.uniform(-np.pi, np.pi, phase[..., angles].shape)
+        maps, tiling = predictor(x, desc=desc, pattern=(pattern._replace(phase=phase), centre))
+        runs.append(maps)
+    out = {}
+    for name in runs[0]:
+        stack = np.stack([np.asarray(r[name], np.float64) for r in runs])
+        base = name.removesuffix("_std")
+        if name.endswith("_std") and base in runs[0]:
+            means = np.stack([np.asarray(r[base], np.float64) for r in runs])
+            out[name] = np.sqrt((stack**2).mean(axis=0) + means.var(axis=0)).astype(np.float32)
+        else:
+            out[name] = stack.mean(axis=0).astype(np.float32)
+    return out, tiling | {"phase_draws": draws, "phase_marginalised_angles": np.asarray(angles).tolist()}
+
+
 def predict_file(path: str | os.PathLike, out_dir: str | os.PathLike, name: str,
                  predictor: TiledPredictor, cfg: PredictParams, model: dict[str, Any],
                  wiener=None, pattern: str = "model", period_hint: float | None = None,
@@ -234,7 +267,15 @@ def _predict_time_point(acq: Acquisition, t: int, source: str, out: Path, predic
         if not diag.ok:
             warnings.append(diag.message)
     clock.lap("pattern")
-    maps, tiling = predictor(x, desc=path.name, pattern=image_pattern)
+    undetected = (np.flatnonzero(diag.angle_major.weak) if mode == "instrument" and diag is not None
+                  else np.zeros(0, int))
+    if undetected.size:
+        maps, tiling = phase_marginalised(predictor, x, path.name, image_pattern, undetected)
+        warnings.append(f"{source}: no phase detected for angle(s) {undetected.tolist()} at the instrument's "
+                        f"wave vectors: the maps average {PHASE_DRAWS} draws of their unknown phases (std "
+                        "included); expect little or no resolution beyond widefield there")
+    else:
+        maps, tiling = predictor(x, desc=path.name, pattern=image_pattern)
     clock.lap("network")
     ood = ood_check(x, maps, ood_reference, source) if predictor.epistemic_samples or ood_reference else None
     if ood is not None and ood.get("flagged"):

@@ -86,8 +86,8 @@ def instrument_image_pattern(x: np.ndarray, spec: dict[str, Any], pixel_nm: floa
         msg = f"{source}: some phases are weak at {found}: " + "; ".join(fit.messages)
     else:
         msg = (f"{source}: no pattern phase detected at {found}: the file does not show the pattern of "
-               "the instrument the model was fine-tuned on (another instrument setting, or no signal); "
-               "try --pattern blind")
+               "the instrument the model was fine-tuned on: too little signal, or another instrument setting "
+               "(then try --pattern blind)")
     diag = PatternDiagnosis(bool(detected.all()), False, msg, fit, fit)
     image = PatternEstimate(*(np.asarray(a) for a in fit.estimate))
     return (image, (h / 2.0, w / 2.0)), diag, cutoff

@@ -50,6 +50,7 @@ __all__ = [
     "TrainingDiverged",
     "lr_schedule",
     "make_optimizer",
+    "parameter_groups",
 ]
 
 log = logging.getLogger("simuq.training")
@@ -73,6 +74,13 @@ class BatchSource(Protocol):
     steps_per_epoch: int
 
     def epoch_batches(self, epoch: int) -> Iterator[Batch]: ...
+
+
+def parameter_groups(model: nnx.Module) -> set[str]:
+    """The top-level names of the model's parameters (``backbone``, ``emitter_logvar_head``, …)."""
+    _, params = nnx.split(model, nnx.Param)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {str(getattr(path[0], "key", path[0])) for path, _ in leaves}
 
 
 class TrainingDiverged(RuntimeError):

@@ -23,7 +23,15 @@ from simuq_core.training.losses import aux_rec_loss, gaussian_nll
 from simuq_core.uncertainty.frame_covariance import covariance_of_prediction
 from simuq_core.uncertainty.frame_likelihood import frame_gaussian_nll
 
-__all__ = ["RESIM_NOISE_KEY", "resimulated", "resim_objective", "selfsup_objective", "sup_objective"]
+__all__ = [
+    "RESIM_NOISE_KEY",
+    "ResimBatches",
+    "resim_objective",
+    "resim_training",
+    "resimulated",
+    "selfsup_objective",
+    "sup_objective",
+]
 
 
 def _regularisers(pred: Mapping[str, jax.Array], psf_prior: jax.Array, cfg: TrainParams):
@@ -146,3 +154,44 @@ def resim_objective(uq: UQParams, cfg: TrainParams, psf_prior: np.ndarray):
                       "resim_emitter_mse": mse, **_std_means(pred)}
 
     return objective
+
+
+class ResimBatches:
+    """A :class:`~simuq_core.training.engine.BatchSource` for :func:`resim_objective`: the batches
+    of ``source`` (a batch source, or in-memory arrays drawn in a seeded permutation per epoch) with
+    fresh standard-normal draws :data:`RESIM_NOISE_KEY` of the frames' shape, deterministic for
+    ``(seed, epoch, batch)``."""
+
+    def __init__(self, source, batch_size: int, seed: int):
+        self.source, self.batch_size, self.seed = source, int(batch_size), int(seed)
+        if isinstance(source, Mapping):
+            self.steps_per_epoch = max(1, len(source["x"]) // self.batch_size)
+        else:
+            self.steps_per_epoch = source.steps_per_epoch
+
+    def _batches(self, epoch: int):
+        if not isinstance(self.source, Mapping):
+            yield from self.source.epoch_batches(epoch)
+            return
+        order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(self.source["x"]))
+        for i in range(self.steps_per_epoch):
+            idx = np.sort(order[i * self.batch_size:(i + 1) * self.batch_size])
+            yield {k: np.asarray(v)[idx] for k, v in self.source.items()}
+
+    def epoch_batches(self, epoch: int):
+        for i, batch in enumerate(self._batches(epoch)):
+            rng = np.random.default_rng([self.seed, epoch, i])
+            yield dict(batch) | {RESIM_NOISE_KEY: rng.standard_normal(np.shape(batch["x"]), np.float32)}
+
+
+#: The one parameter group the emitter-std fit trains.
+EMITTER_VAR_HEAD = "emitter_logvar_head"
+
+
+def resim_training(cfg: TrainParams, groups: set[str], epochs: int, lr: float) -> TrainParams:
+    """The engine settings of the emitter-std fit after a training run ``cfg``: ``epochs`` at
+    ``lr``, a short warm-up, no mean-first phase, every parameter group in ``groups`` but
+    :data:`EMITTER_VAR_HEAD` frozen."""
+    return cfg.model_copy(update={"epochs": epochs, "lr": lr, "warmup_steps": min(cfg.warmup_steps, 2),
+                                  "mean_first_epochs": 0, "resume": False,
+                                  "freeze": sorted(g for g in groups if g != EMITTER_VAR_HEAD)})

@@ -65,8 +65,15 @@ from simuq_core.realdata.crops import (
 )
 from simuq_core.realdata.normalise import NORMALISATION_RULE
 from simuq_core.realdata.reader import find_inputs
-from simuq_core.training.engine import Trainer
-from simuq_core.training.objectives import RESIM_NOISE_KEY, resim_objective, resimulated, selfsup_objective
+from simuq_core.training.engine import Trainer, parameter_groups
+from simuq_core.training.objectives import (
+    EMITTER_VAR_HEAD,
+    ResimBatches,
+    resim_objective,
+    resim_training,
+    resimulated,
+    selfsup_objective,
+)
 from simuq_core.uncertainty.epistemic import fit_input_model, input_features, ood_reference, ood_scores
 
 __all__ = [
@@ -108,21 +115,24 @@ def optics_mismatch(microscope: OpticsPrior, model_optics: OpticsPrior,
 
 def validation_tiles(index: DataIndex, regions: Sequence[Region], tile: int, multiple: int,
                      max_tiles: int) -> dict[str, np.ndarray]:
-    """Non-overlapping square tiles of the held-out regions, as a batch: ``x`` ``(N, F, t, t)``
-    normalised, the :data:`PATTERN_KEYS` arrays, ``acq`` ``(N,)``; ``t = min(tile, region)``
-    rounded down to ``multiple``; at most ``max_tiles``, spread evenly over all candidates."""
-    side = min([tile] + [min(r.shape) for r in regions])
-    side -= side % multiple
-    if side < multiple:
+    """Non-overlapping tiles of the held-out regions, as a batch: ``x`` ``(N, F, th, tw)``
+    normalised, the :data:`PATTERN_KEYS` arrays, ``acq`` ``(N,)``; each side ``min(tile, the
+    regions' smallest extent on that axis)`` rounded down to ``multiple`` (a narrow strip gives
+    tall tiles, not small squares: the network sees as much context as the strip allows); at most
+    ``max_tiles``, spread evenly over all candidates."""
+    th = min([tile] + [r.shape[0] for r in regions])
+    tw = min([tile] + [r.shape[1] for r in regions])
+    th, tw = th - th % multiple, tw - tw % multiple
+    if min(th, tw) < multiple:
         raise ValueError(f"held-out regions {[r.shape for r in regions]} are too small for a tile")
-    spots = [(r.acq, r.t, r.y0 + i * side, r.x0 + j * side) for r in regions
-             for i in range(r.shape[0] // side) for j in range(r.shape[1] // side)]
+    spots = [(r.acq, r.t, r.y0 + i * th, r.x0 + j * tw) for r in regions
+             for i in range(r.shape[0] // th) for j in range(r.shape[1] // tw)]
     pick = np.unique(np.linspace(0, len(spots) - 1, min(max_tiles, len(spots))).round().astype(int))
     rows: dict[str, list[np.ndarray]] = {}
     for acq, t, y0, x0 in (spots[i] for i in pick):
         entry = index.acquisitions[acq]
-        item = {"x": read_crop(entry, t, y0, x0, (side, side)), "acq": np.asarray(acq)}
-        item |= entry.pattern_arrays(t, (y0, x0), (side, side))
+        item = {"x": read_crop(entry, t, y0, x0, (th, tw)), "acq": np.asarray(acq)}
+        item |= entry.pattern_arrays(t, (y0, x0), (th, tw))
         for k, v in item.items():
             rows.setdefault(k, []).append(v)
     return {k: np.stack(v) for k, v in rows.items()}
@@ -368,7 +378,7 @@ def run_finetuning(
                                         "frozen": _mean_path_prefixes(result.model)}
                                        if refit is not None else None),
                          "resim": ({"steps": resim.steps, "epochs_run": resim.epochs_run,
-                                    "trained": [_EMITTER_VAR_HEAD]} if resim is not None else None)},
+                                    "trained": [EMITTER_VAR_HEAD]} if resim is not None else None)},
                "ood_reference": {k: v for k, v in reference.items() if k != "input_model"}}
     write_json(run.out_dir / "metrics.json", _json_safe(metrics))
     return metrics
@@ -417,7 +427,7 @@ def ood_reference_from_data(model: nnx.Module, uq: UQParams, index: DataIndex, r
 
     tiles = validation_tiles(index, regions, tile, multiple, max_tiles)
     x = tiles["x"]
-    window = max(8, x.shape[-1] // 2)
+    window = max(8, min(x.shape[-2:]) // 2)
     cutoff = float(np.median([index.acquisitions[int(a)].otf_cutoff for a in tiles["acq"]]))
     input_model = fit_input_model(input_features(x, window, cutoff))
     input_model |= {"window": window, "otf_cutoff": cutoff, "n_train": int(len(x))}
@@ -434,14 +444,7 @@ def ood_reference_from_data(model: nnx.Module, uq: UQParams, index: DataIndex, r
 def _mean_path_prefixes(model: nnx.Module) -> list[str]:
     """Top-level parameter groups that are not variance heads (names without ``logvar``, other
     than the camera-noise coefficients ``obs_noise_raw``): what the variance re-fit freezes."""
-    return sorted(t for t in _parameter_groups(model) if "logvar" not in t and t != "obs_noise_raw")
-
-
-def _parameter_groups(model: nnx.Module) -> set[str]:
-    """The top-level names of the model's parameters (``backbone``, ``emitter_logvar_head``, …)."""
-    _, params = nnx.split(model, nnx.Param)
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {str(getattr(path[0], "key", path[0])) for path, _ in leaves}
+    return sorted(t for t in parameter_groups(model) if "logvar" not in t and t != "obs_noise_raw")
 
 
 def _refit_variance(run: _Run, model: nnx.Module, offset: dict[str, Any]):
@@ -472,40 +475,19 @@ def _refit_variance(run: _Run, model: nnx.Module, offset: dict[str, Any]):
                        shifted if run.on_rows is not None else None).fit()
 
 
-_EMITTER_VAR_HEAD = "emitter_logvar_head"
-
-
-class _WithResimNoise:
-    """A :class:`~simuq_core.training.engine.BatchSource` adding standard-normal draws
-    (:data:`RESIM_NOISE_KEY`) of the frames' shape to every batch of ``source``, deterministic
-    for ``(seed, epoch, batch)``."""
-
-    def __init__(self, source, seed: int):
-        self.source, self.seed = source, seed
-        self.steps_per_epoch = source.steps_per_epoch
-
-    def epoch_batches(self, epoch: int):
-        for i, batch in enumerate(self.source.epoch_batches(epoch)):
-            rng = np.random.default_rng([self.seed, epoch, i])
-            yield batch | {RESIM_NOISE_KEY: rng.standard_normal(np.shape(batch["x"]), np.float32)}
-
-
 def _fit_emitter_std(run: _Run, model: nnx.Module, epoch0: int):
     """Last phase of :func:`run_finetuning`: only the emitter variance head trains, on re-simulated
     crops (:func:`~simuq_core.training.objectives.resim_objective`), for ``resim_epochs`` at
     ``resim_lr``. Rows go to ``out_dir/resim/metrics.csv`` and to ``on_rows`` with epochs continued."""
-    params, cfg = run.params, run.cfg
-    frozen = sorted(t for t in _parameter_groups(model) if t != _EMITTER_VAR_HEAD)
-    resim_cfg = cfg.model_copy(update={"epochs": params.resim_epochs, "lr": params.resim_lr,
-                                       "warmup_steps": min(cfg.warmup_steps, 2), "mean_first_epochs": 0,
-                                       "freeze": frozen, "resume": False})
+    params = run.params
+    resim_cfg = resim_training(run.cfg, parameter_groups(model), params.resim_epochs, params.resim_lr)
     def shifted(rows: list[dict[str, Any]]) -> None:
         run.on_rows([r | {"epoch": int(r.get("epoch", 0)) + epoch0} for r in rows])
 
     log.info("emitter-std fit on re-simulated crops: %d epochs at lr %g", params.resim_epochs,
              params.resim_lr)
     return Trainer(model, resim_objective(run.uq, resim_cfg, run.prior), resim_cfg,
-                   _WithResimNoise(run.stream, params.seed), run.out_dir / "resim",
+                   ResimBatches(run.stream, params.batch_size, params.seed), run.out_dir / "resim",
                    evaluator=lambda m: run.evaluate(m, False), devices=run.devices, progress=run.progress,
                    on_rows=shifted if run.on_rows is not None else None).fit()
 

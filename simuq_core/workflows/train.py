@@ -26,8 +26,14 @@ from simuq_core.network.simnet import airy_prior
 from simuq_core.network.store import save_model
 from simuq_core.reports.debug import debug_dir_name, reference_from_split, write_uncertainty_artifacts
 from simuq_core.simulation.dataset import DatasetSplit, load_split
-from simuq_core.training.engine import Trainer
-from simuq_core.training.objectives import selfsup_objective, sup_objective
+from simuq_core.training.engine import Trainer, parameter_groups
+from simuq_core.training.objectives import (
+    ResimBatches,
+    resim_objective,
+    resim_training,
+    selfsup_objective,
+    sup_objective,
+)
 
 __all__ = [
     "run_training",
@@ -109,6 +115,14 @@ def run_training(
                       out_dir, evaluator=evaluator, on_debug=on_debug, on_epoch_end=on_epoch_end,
                       on_rows=on_rows, devices=devices, progress=progress)
     result = trainer.fit()
+    model_out = result.model
+    if not sup and cfg.resim_epochs and "emitter" in uq.targets:
+        resim_cfg = resim_training(cfg, parameter_groups(result.model), cfg.resim_epochs, cfg.resim_lr)
+        log.info("emitter-std fit on re-simulated samples: %d epochs at lr %g", cfg.resim_epochs,
+                 cfg.resim_lr)
+        model_out = Trainer(result.model, resim_objective(uq, resim_cfg, prior), resim_cfg,
+                            ResimBatches(train_arrays, cfg.batch_size, cfg.seed), out_dir / "resim",
+                            evaluator=evaluator, devices=devices, progress=progress).fit().model
     manifest = read_json(data_dir / "dataset.json")
     spec = spec | {
         "mode": mode,
@@ -119,11 +133,11 @@ def run_training(
         "hr_factor": manifest["geometry"]["hr_factor"],
         "train_crop": list(train.raw.shape[-2:]),
     }
-    save_model(result.model, spec, out_dir)
+    save_model(model_out, spec, out_dir)
 
     test = load_split(data_dir, "test")
     test_arrays = _arrays(test, factor, cfg.gt_norm, with_gt=test.emitter is not None)
-    metrics = evaluate(predictor(result.model, test.raw), test.raw, test.sigma,
+    metrics = evaluate(predictor(model_out, test.raw), test.raw, test.sigma,
                        test_arrays.get("emitter_gt"), test_arrays.get("lp_gt"),
                        model_cfg.rescale, latent=sup)
     log.info("test metrics: %s", {k: round(v, 4) for k, v in metrics.items()})
