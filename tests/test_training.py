@@ -384,4 +384,4 @@ def test_selfsup_training_ends_with_the_emitter_std_fit_when_asked(tiny_data, tm
     with_fit, plain = np.load(tmp_path / "resim" / "model.npz"), np.load(tmp_path / "plain" / "model.npz")
     changed = {k for k in plain.files if not np.array_equal(plain[k], with_fit[k])}
     assert changed and all(k.startswith("emitter_logvar_head") for k in changed), changed
-    assert (tmp_path / "resim" / "resim" / "metrics.csv").is_file()
+    assert (tmp_path / "resim" / "checkpoints" / "resim" / "metrics.csv").is_file()

@@ -116,13 +116,14 @@ def run_training(
                       on_rows=on_rows, devices=devices, progress=progress)
     result = trainer.fit()
     model_out = result.model
-    if not sup and cfg.resim_epochs and "emitter" in uq.targets:
+    if not sup and cfg.resim_epochs and "emitter" in uq.targets:  # rows, checkpoints: checkpoints/resim
         resim_cfg = resim_training(cfg, parameter_groups(result.model), cfg.resim_epochs, cfg.resim_lr)
         log.info("emitter-std fit on re-simulated samples: %d epochs at lr %g", cfg.resim_epochs,
                  cfg.resim_lr)
         model_out = Trainer(result.model, resim_objective(uq, resim_cfg, prior), resim_cfg,
-                            ResimBatches(train_arrays, cfg.batch_size, cfg.seed), out_dir / "resim",
-                            evaluator=evaluator, devices=devices, progress=progress).fit().model
+                            ResimBatches(train_arrays, cfg.batch_size, cfg.seed),
+                            out_dir / "checkpoints" / "resim", evaluator=evaluator, devices=devices,
+                            progress=progress).fit().model
     manifest = read_json(data_dir / "dataset.json")
     spec = spec | {
         "mode": mode,
