@@ -99,3 +99,45 @@ def test_twins_measure_the_noise_part_of_the_std():
     assert twin_check(e1, std / 3, e2, s2 / 3)["zms"] == pytest.approx(9.0, rel=0.1)
     with pytest.raises(ReferenceMismatch, match="not the same field of view"):
         twin_check(e1, std, _field(5), std)
+
+
+@pytest.mark.slow
+def test_score_reference_stage_on_the_shipped_biosr_crop(tmp_path):
+    """The stage end to end on the shipped BioSR crop, predicted by the shipped model: every
+    method scored, the emitter std calibrated, the twins compared; a reference of another field
+    (the reference flipped) is named in the warnings and nothing is scored (exit status 2)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import tifffile
+
+    from stages.predict import main as predict_main
+    from stages.score_reference import main as score_main
+
+    repo = Path(__file__).resolve().parents[1]
+    data = repo / "examples" / "biosr_microtubules_crop"
+    model = tmp_path / "model"
+    shutil.copytree(repo / "pretrained" / "mt_finetuned", model)  # the stage writes its MLflow run id
+    params = str(repo / "pipelines" / "biosr" / "params.yaml")
+    inputs = [str(data / "raw_level01.tif"), str(data / "raw_level09.tif")]
+    assert predict_main(["--params", params, "--model", str(model), "--input", *inputs, "--out",
+                         str(tmp_path / "predict" / "finetuned"), "--pattern", "blind", "--quiet"]) == 0
+    out = tmp_path / "score"
+    assert score_main(["--params", params, "--predict", str(tmp_path / "predict"), "--finetuned", str(model),
+                       "--reference", str(data / "sim_reference.tif"), "--out", str(out), "--twins"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    bright = report["inputs"]["raw_level09"]
+    assert set(bright["methods"]) == {"widefield", "wiener", "finetuned"}
+    assert bright["methods"]["wiener"]["spectral_corr_beyond"] > 0.3  # SIM information, the reference's too
+    assert bright["methods"]["widefield"]["spectral_corr_beyond"] < 0.2
+    calib = bright["calibration"]["finetuned"]
+    assert calib["zms"] > 0 and 0 <= calib["coverage_68"] <= calib["coverage_95"] <= 1
+    assert "raw_level01|raw_level09" in report["twins"]["finetuned"]
+    assert (out / "summary.md").is_file() and (out / "calibration.png").is_file()
+    flipped = tmp_path / "flipped.tif"
+    tifffile.imwrite(flipped, np.ascontiguousarray(tifffile.imread(data / "sim_reference.tif")[..., ::-1, :]))
+    assert score_main(["--params", params, "--predict", str(tmp_path / "predict"), "--finetuned", str(model),
+                       "--reference", str(flipped), "--out", str(tmp_path / "wrong"), "--twins"]) == 2
+    wrong = json.loads((tmp_path / "wrong" / "metrics.json").read_text())
+    assert wrong["warnings"] and all("reference mismatch" in w for w in wrong["warnings"])

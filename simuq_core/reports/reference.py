@@ -188,7 +188,7 @@ def plot_reference_calibration(path: str | os.PathLike, report: dict[str, Any]) 
 
     from simuq_core.reports.plots import save_figure
 
-    names = list(report["inputs"])
+    names = [n for n, scores in report["inputs"].items() if scores["calibration"]] or list(report["inputs"])
     fig = Figure(figsize=(4.2 * max(1, len(names)), 4.0))
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, max(1, len(names)), i + 1)
@@ -202,5 +202,8 @@ def plot_reference_calibration(path: str | os.PathLike, report: dict[str, Any]) 
         ax.set_xlabel("RMS predicted std")
         ax.set_ylabel("RMS error vs reference")
         ax.set_title(name, fontsize=9)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:  # nothing calibrated (e.g. the reference shows another field): say so
+            ax.text(0.5, 0.5, "no std map scored", ha="center", va="center", transform=ax.transAxes)
     return save_figure(fig, path)
