@@ -208,7 +208,7 @@ def finetune_main(argv: list[str] | None = None, params_default: str | None = No
     # Only this stage's section is read, so the command also runs on a params file without the
     # sections the training stages need.
     try:
-        _, params = read_sections(args.params, "finetune")
+        raw_params, params = read_sections(args.params, "finetune")
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -235,7 +235,8 @@ def finetune_main(argv: list[str] | None = None, params_default: str | None = No
                 tracker.log_metrics({f"{when}_{k}": v for k, v in metrics[when].items()})
             tracker.log_metrics({"n_acquisitions": metrics["index"]["n_acquisitions"],
                                  "n_skipped": metrics["index"]["n_skipped"]})
-            for name in ("metrics.csv", "metrics.json", "model.json"):
+            write_model_settings(out, raw_params, params, args.params)
+            for name in ("metrics.csv", "metrics.json", "model.json", MODEL_SETTINGS):
                 tracker.log_artifact(out / name)
     except (InputError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -248,6 +249,28 @@ def finetune_main(argv: list[str] | None = None, params_default: str | None = No
     for item in index["skipped"]:
         print(f"  SKIPPED {item['reason']}")
     return 0
+
+
+def write_model_settings(model_dir: str | Path, raw: dict, finetune, source: str | None = None) -> Path:
+    """``model_dir/predict.yaml``: what ``simuq predict`` needs to read this model's data as it was
+    fine-tuned on, so a model folder needs no params file. The params file's ``microscope``,
+    ``predict`` and ``baseline`` sections as typed (the microscope fills predict's copies); without
+    a microscope section, ``predict`` gets the fine-tuning's frame order, offset, period hint,
+    measured OTF and frame equalisation. ``raw``: the params file as typed (``source``: its name)."""
+    import yaml
+
+    from simuq_core.io import write_text
+
+    settings = {k: raw[k] for k in ("microscope", "predict", "baseline") if raw.get(k) is not None}
+    if "microscope" not in settings:
+        own = {"frame_order": finetune.frame_order, "norm_offset": finetune.norm_offset,
+               "period_hint": finetune.period_hint, "otf_file": finetune.otf_file,
+               "equalize_frames": finetune.equalize_frames}
+        settings["predict"] = dict(settings.get("predict") or {}) | own
+    path = Path(model_dir) / MODEL_SETTINGS
+    write_text(path, f"# predict's settings for this model (from {source or 'the defaults'}); simuq "
+               "predict reads it when no --params is given.\n" + yaml.safe_dump(settings, sort_keys=False))
+    return path
 
 
 def _sections(path: str):

@@ -121,6 +121,11 @@ def test_end_to_end_finetune_on_mt(tmp_path):
     assert val["sim_limit_nm"] == pytest.approx(525 / (2 * 1.47 * (1 + 0.99)), rel=0.02)
     assert val["n_tiles"] == 3
     _check_ood_reference(out)
+    # the model folder carries predict's settings: the fine-tuning's microscope, no params needed
+    from simuq_core.config import read_sections
+
+    _, predict = read_sections(out / "predict.yaml", "predict")
+    assert predict.frame_order == "angle_major" and predict.equalize_frames is False
 
 
 def _check_ood_reference(model_dir: Path) -> None:
