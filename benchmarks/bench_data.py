@@ -29,7 +29,8 @@ import psutil
 import tifffile
 from _common import machine, write_report
 
-from simuq_core.realdata.crops import CropStream, DataIndex, index_acquisitions, split_regions
+from simuq_core.realdata.crops import CropStream, DataIndex, index_acquisitions
+from simuq_core.realdata.holdout import split_regions
 
 
 def _stack(side: int, seed: int = 0) -> np.ndarray:

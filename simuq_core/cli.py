@@ -95,8 +95,7 @@ def _inputs(given: list[str] | None, section: list[str]) -> list[str]:
     return inputs
 
 
-def predict_main(argv: list[str] | None = None, params_default: str | None = None) -> int:
-    """``simuq predict`` / ``python -m stages.predict`` (module docstring)."""
+def _predict_parser(params_default: str | None) -> argparse.ArgumentParser:
     parser = _parser("predict", PREDICT_HELP, params_default)
     parser.add_argument("--model", default="models/selfsup", help="model folder (default: %(default)s)")
     parser.add_argument("--input", nargs="+", required=True,
@@ -134,6 +133,12 @@ def predict_main(argv: list[str] | None = None, params_default: str | None = Non
                              "microscope.pattern_period_px)")
     parser.add_argument("--frame-order", choices=("angle_major", "phase_major"), default=None,
                         help="raw frame order (default microscope.frame_order, else angle-major)")
+    return parser
+
+
+def predict_main(argv: list[str] | None = None, params_default: str | None = None) -> int:
+    """``simuq predict`` / ``python -m stages.predict`` (module docstring)."""
+    parser = _predict_parser(params_default)
     args = parser.parse_args(argv)
     own = Path(args.model) / MODEL_SETTINGS
     if args.params is None and own.is_file():  # the model folder's own predict settings

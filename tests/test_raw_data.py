@@ -23,8 +23,10 @@ from simuq_core.pattern.blind import airy_camera_otf
 from simuq_core.pattern.estimate import PatternEstimate, shift_pattern_origin
 from simuq_core.pattern.maps import pattern_maps
 from simuq_core.realdata import crops as raw_data
+from simuq_core.realdata import holdout
 from simuq_core.realdata.checks import InputError
-from simuq_core.realdata.crops import CropStream, index_acquisitions, read_crop, split_regions
+from simuq_core.realdata.crops import CropStream, index_acquisitions, read_crop
+from simuq_core.realdata.holdout import split_regions
 
 NA, WAVELENGTH, PIXEL = 1.3, 488.0, 62.6
 PERIOD = 5.0
@@ -207,12 +209,12 @@ def _field_with_structure_left(h: int = 64, w: int = 64) -> np.ndarray:
 def test_structure_score_sees_lines_not_background():
     img = _field_with_structure_left()
     cutoff = 0.35
-    assert raw_data.structure_score(img[:, :16], cutoff) > 20 * raw_data.structure_score(img[:, 48:], cutoff)
+    assert holdout.structure_score(img[:, :16], cutoff) > 20 * holdout.structure_score(img[:, 48:], cutoff)
     # Background as bright as the lines, with 10x their noise variance: what is left of it is the
     # noise floor's own error (~150 out-of-band bins of a 64x16 strip: ~20 % of the 0.38·σ² in band).
     bright_empty = 1000.0 + np.random.default_rng(1).normal(0.0, 5.0, (64, 16))
-    lines = raw_data.structure_score(img[:, :16], cutoff)
-    assert raw_data.structure_score(bright_empty, cutoff) < 0.15 * lines
+    lines = holdout.structure_score(img[:, :16], cutoff)
+    assert holdout.structure_score(bright_empty, cutoff) < 0.15 * lines
 
 
 def test_held_out_strip_avoids_empty_background(tmp_path):
@@ -224,10 +226,10 @@ def test_held_out_strip_avoids_empty_background(tmp_path):
     idx = index([path], tmp_path / "cache")
     train, val = split_regions(idx, 16, val_block_fraction=0.25, multiple=4)
     assert val[0].x0 != 48  # not the empty right strip
-    report = raw_data.held_out_structure(idx, val)
+    report = holdout.held_out_structure(idx, val)
     assert report["min_structure_share"] >= 0.7
     right = raw_data.Region(0, 0, 0, 64, 48, 64)
-    assert raw_data.held_out_structure(idx, [right])["min_structure_share"] < 0.05
+    assert holdout.held_out_structure(idx, [right])["min_structure_share"] < 0.05
 
 
 def _peak_bytes(stream: CropStream, epochs: int = 2) -> int:
@@ -274,7 +276,8 @@ _WORKER = textwrap.dedent("""
     import jax
     jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                                process_id=int(sys.argv[2]), initialization_timeout=60)
-    from simuq_core.realdata.crops import CropStream, index_acquisitions, split_regions
+    from simuq_core.realdata.crops import CropStream, index_acquisitions
+    from simuq_core.realdata.holdout import split_regions
     paths = json.loads(sys.argv[3])
     idx = index_acquisitions(paths, sys.argv[4], na=1.3, wavelength_nm=488.0, default_pixel_nm=62.6,
                              norm_offset=100.0)

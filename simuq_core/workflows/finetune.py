@@ -57,12 +57,11 @@ from simuq_core.realdata.crops import (
     CropStream,
     DataIndex,
     Region,
-    held_out_structure,
     index_acquisitions,
     read_crop,
-    split_regions,
     without_unknown_patterns,
 )
+from simuq_core.realdata.holdout import held_out_structure, split_regions
 from simuq_core.realdata.normalise import NORMALISATION_RULE
 from simuq_core.realdata.reader import find_inputs
 from simuq_core.training.engine import Trainer, parameter_groups
