@@ -192,7 +192,23 @@ def predict_main(argv: list[str] | None = None, params_default: str | None = Non
         ood = (r.summary or {}).get("ood") or {}
         if ood.get("flagged"):
             print(f"  OUT OF DISTRIBUTION {ood['message']}")
+    _pattern_figures(report, args.model)
     return 1 if failed else 0
+
+
+def _pattern_figures(report, model_dir: str) -> None:
+    """``pattern.png`` in every output folder with a full-field pattern estimate; a figure that
+    cannot be drawn is a warning, never a failed prediction."""
+    from simuq_core.reports.pattern import write_pattern_figure
+
+    optics = json.loads((Path(model_dir) / "model.json").read_text())["model"]["optics"]
+    for r in report.results:
+        if not r.ok or r.output is None:
+            continue
+        try:
+            write_pattern_figure(r.output, float(optics["na"]), float(optics["wavelength_nm"]))
+        except Exception as exc:  # a figure must not fail the prediction it describes
+            print(f"  warning: {r.output}: no pattern.png ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
 def finetune_main(argv: list[str] | None = None, params_default: str | None = None) -> int:

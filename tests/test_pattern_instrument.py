@@ -186,3 +186,15 @@ def test_unknown_phases_are_marginalised_as_a_uniform_mixture():
     np.testing.assert_allclose(maps["emitter"], levels.mean(), rtol=1e-5)
     np.testing.assert_allclose(maps["emitter_std"], np.sqrt(0.25 + levels.var()), rtol=1e-5)
     assert tiling["phase_draws"] == 50 and tiling["phase_marginalised_angles"] == [1]
+
+
+def test_pattern_figure_of_an_estimate(tmp_path):
+    """pattern.png: one panel per angle from the frames and the estimate as summary.json records it."""
+    from simuq_core.reports.pattern import plot_pattern
+
+    frames, k = _session(300.0, 1, np.array([0.4, 2.0, -1.3]))
+    est = estimate_pattern_blind(frames, 3, CUTOFF)
+    record = est.as_dict()
+    assert np.allclose(record["k_cycles_per_px"], np.asarray(est.estimate.k[0]), atol=1e-6)
+    path = plot_pattern(tmp_path / "pattern.png", frames, record, CUTOFF, "pattern found", "title")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

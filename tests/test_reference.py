@@ -123,6 +123,7 @@ def test_score_reference_stage_on_the_shipped_biosr_crop(tmp_path):
     inputs = [str(data / "raw_level01.tif"), str(data / "raw_level09.tif")]
     assert predict_main(["--params", params, "--model", str(model), "--input", *inputs, "--out",
                          str(tmp_path / "predict" / "finetuned"), "--pattern", "blind", "--quiet"]) == 0
+    assert (tmp_path / "predict" / "finetuned" / "raw_level09" / "pattern.png").is_file()  # blind estimate
     out = tmp_path / "score"
     assert score_main(["--params", params, "--predict", str(tmp_path / "predict"), "--finetuned", str(model),
                        "--reference", str(data / "sim_reference.tif"), "--out", str(out), "--twins"]) == 0
