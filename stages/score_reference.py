@@ -8,12 +8,12 @@ reconstruction of the same field (a high-SNR SIM image), for the lab that has on
 
 Widefield, the Wiener SIM image and every model's emitter are registered to the reference,
 affinely fitted and scored alike (PSNR, SSIM, spectral correlation beyond the widefield
-cut-off); every std map is calibrated against it (ZMS, coverage, Spearman, calibration curve);
-``--twins`` compares the emitters of the inputs as views of one field (GT-free). The reference is
-used for scoring only. Writes ``<out>/metrics.json`` (DVC metrics), ``<out>/summary.md`` and
-``<out>/calibration.png``, and logs them into the fine-tuning run's MLflow run (``ref_*``
-metrics). A reference that shows another field, or has another shape, is a named warning in all
-three. Exit status: 0 done, 2 nothing scored.
+cut-off); every std map is calibrated against it (ZMS, coverage, Spearman, calibration curve).
+``--twins`` compares the emitters of the inputs as views of one field (GT-free; it also runs
+without a reference). The reference is used for scoring only. Writes ``<out>/metrics.json`` (DVC
+metrics), ``<out>/summary.md`` and ``<out>/calibration.png``, and logs them into the fine-tuning
+run's MLflow run (``ref_*`` metrics). A reference that shows another field, or has another
+shape, is a named warning in all three. Exit status: 0 done, 2 nothing scored.
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--predict", required=True, help="folder with one predict output per model")
     parser.add_argument("--finetuned", required=True, help="fine-tuned model folder (its MLflow run)")
-    parser.add_argument("--reference", required=True, help="reference image (TIFF/MRC, the model grid)")
+    parser.add_argument("--reference", default=None,
+                        help="reference image (TIFF/MRC, the model grid); without it, --twins only")
     parser.add_argument("--out", required=True, help="report folder")
     parser.add_argument("--twins", action="store_true", help="the inputs are views of one field")
     parser.add_argument("--max-shift", type=float, default=8.0,
                         help="largest registration shift, model px (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.reference is None and not args.twins:
+        parser.error("give --reference, --twins, or both")
     from simuq_core.config import OpticsPrior
     from simuq_core.io import read_json, write_json, write_text
     from simuq_core.reports.reference import (
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     _, ft = read_sections(args.params, "finetune")
     optics = ft.optics or OpticsPrior(**read_json(Path(args.finetuned) / "model.json")["model"]["optics"])
     setup_logging()
-    reference = read_reference(args.reference)
+    reference = read_reference(args.reference) if args.reference else None
     report = reference_report(args.predict, reference, na=optics.na, wavelength_nm=optics.wavelength_nm,
                               twins=args.twins, max_shift=args.max_shift)
     out = Path(args.out)
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in (out / "metrics.json", out / "summary.md", out / "calibration.png"):
             tracker.log_artifact(path, "score_reference")
     print(reference_markdown(report))
-    return 0 if any(s["methods"] for s in report["inputs"].values()) else 2
+    scored = any(s["methods"] for s in report["inputs"].values()) or (reference is None and report["twins"])
+    return 0 if scored else 2
 
 
 if __name__ == "__main__":

@@ -142,3 +142,8 @@ def test_score_reference_stage_on_the_shipped_biosr_crop(tmp_path):
                        "--reference", str(flipped), "--out", str(tmp_path / "wrong"), "--twins"]) == 2
     wrong = json.loads((tmp_path / "wrong" / "metrics.json").read_text())
     assert wrong["warnings"] and all("reference mismatch" in w for w in wrong["warnings"])
+    # no reference: the twins alone, ground-truth-free
+    assert score_main(["--params", params, "--predict", str(tmp_path / "predict"), "--finetuned", str(model),
+                       "--out", str(tmp_path / "twins"), "--twins"]) == 0
+    twins = json.loads((tmp_path / "twins" / "metrics.json").read_text())
+    assert not twins["inputs"] and twins["twins"]["finetuned"]["raw_level01|raw_level09"]["zms"] > 0

@@ -48,8 +48,18 @@ from simuq_core.optics.imaging import airy_psf, default_psf_size
 from simuq_core.pattern.estimate import PatternEstimate, estimate_pattern
 from simuq_core.pattern.maps import pattern_maps, pattern_variance
 
-__all__ = ["BACKBONES", "DROPOUT_SITES", "LIGHT_PATTERNS", "PSF_MODES", "UNET_UPSAMPLERS", "UPSAMPLERS",
-           "SIMNet", "SIMNetConfig", "UNet", "model_psf_size"]
+__all__ = [
+    "BACKBONES",
+    "DROPOUT_SITES",
+    "LIGHT_PATTERNS",
+    "PSF_MODES",
+    "SIMNet",
+    "SIMNetConfig",
+    "UNET_UPSAMPLERS",
+    "UNet",
+    "UPSAMPLERS",
+    "model_psf_size",
+]
 
 # Where MC dropout can mask features (``SIMNet(dropout_at=...)``): ``feats`` the U-Net output
 # (camera grid), ``bottleneck`` the input of the pooled (pattern, PSF) and background heads, ``hr``

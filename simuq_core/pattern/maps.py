@@ -18,7 +18,11 @@ import jax.numpy as jnp
 
 from simuq_core.pattern.estimate import PatternEstimate
 
-__all__ = ["pattern_maps", "pattern_variance", "pattern_phase_angles"]
+__all__ = [
+    "pattern_maps",
+    "pattern_phase_angles",
+    "pattern_variance",
+]
 
 
 def pattern_phase_angles(pattern: PatternEstimate, n_phases: int, shape_lr: tuple[int, int], r: int):

@@ -88,20 +88,21 @@ def _predictions(predict_dir: Path) -> dict[str, dict[str, Path]]:
     return out
 
 
-def reference_report(predict_dir: str | os.PathLike, reference: np.ndarray, *, na: float,
+def reference_report(predict_dir: str | os.PathLike, reference: np.ndarray | None, *, na: float,
                      wavelength_nm: float, twins: bool = False, max_shift: float = 8.0) -> dict[str, Any]:
     """Every input predicted under ``predict_dir`` (one folder per model, as the real pipeline's
     ``predict`` stage writes them) scored against ``reference`` ``(rH, rW)``, on the model grid:
     ``widefield`` (the frames' mean, bilinearly up-sampled), ``wiener`` (with ``wiener_std`` when
     predicted) and each model's ``emitter`` with its ``emitter_std``. ``twins``: the inputs are
     views of one field; each model's emitters of every pair are compared
-    (:func:`~simuq_core.evaluation.reference.twin_check`). Returns ``{"inputs": {name: scores},
-    "twins": {model: {pair: metrics}}, "warnings": [...]}``."""
+    (:func:`~simuq_core.evaluation.reference.twin_check`). ``reference`` ``None``: the twins only
+    (ground-truth-free). Returns ``{"inputs": {name: scores}, "twins": {model: {pair: metrics}},
+    "warnings": [...]}``."""
     predictions = _predictions(Path(predict_dir))
     if not predictions:
         raise FileNotFoundError(f"{predict_dir}: no successful prediction (no <model>/report.json with "
                                 "ok inputs)")
-    reference = np.asarray(reference, np.float64)
+    reference = np.asarray(reference, np.float64) if reference is not None else None
     report: dict[str, Any] = {"inputs": {}, "twins": {}, "warnings": []}
     emitters: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for name in sorted({n for inputs in predictions.values() for n in inputs}):
@@ -128,6 +129,8 @@ def reference_report(predict_dir: str | os.PathLike, reference: np.ndarray, *, n
             if "emitter_std" in maps:
                 stds[model] = maps["emitter_std"]
                 emitters.setdefault(model, {})[name] = (maps["emitter"], maps["emitter_std"])
+        if reference is None:
+            continue
         if not math.isfinite(k_pattern):
             k_pattern = k_wf  # no pattern recorded: the ring up to twice the cut-off
         scores = score_against_reference(reference, images, k_wf=k_wf, k_pattern=k_pattern, stds=stds,
