@@ -25,24 +25,6 @@ import numpy as np
 from stages._common import base_parser, setup_logging
 
 
-def _load_input(summary: dict[str, Any], folder: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The normalised raw frames ``(F, H, W)`` of a prediction (read as predict read them, with
-    its recorded normalisation, in float64) and its maps."""
-    from simuq_core.inference.files import read_input
-    from simuq_core.io import read_tiff
-    from simuq_core.realdata.normalise import Normalisation
-
-    model = summary["model"]
-    path = summary["input"].split(" (time point")[0]
-    frames = read_input(path, int(model["n_frames"]), int(model["n_angles"]),
-                        "phase_major" if summary["frame_order"].startswith("phase-major")
-                        else "angle_major").frames
-    raw = frames[int(summary.get("time_point", 0))]
-    x = Normalisation.from_dict(summary["normalisation"]).apply(raw, np.float64)
-    maps = {name: read_tiff(folder / entry["file"]) for name, entry in summary["maps"].items()}
-    return x, maps
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--predict", required=True, help="folder with one predict output per model")
@@ -55,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from simuq_core.evaluation.gtfree import brightest_window, field_metrics
     from simuq_core.io import read_json, write_json, write_text
     from simuq_core.reports.real import plot_real_walkthrough
+    from simuq_core.reports.reference import load_prediction
     from simuq_core.tracking import flatten_params
     from stages._common import model_run, read_sections
 
@@ -69,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             if not item["ok"]:
                 continue
             folder = Path(item["output"])
-            summary = read_json(folder / "summary.json")
-            x, maps = _load_input(summary, folder)
+            summary, x, maps = load_prediction(folder)
             pattern = summary["pattern"] or {}
             angles = (summary.get("light_pattern") or {}).get("angles", [])
             k = np.asarray([a["k_cycles_per_px"] for a in angles]) if angles else np.zeros((1, 2))

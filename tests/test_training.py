@@ -320,7 +320,9 @@ def test_resimulated_frames_have_the_forward_mean_and_the_camera_noise():
     target, frames = resimulated(model, jax.numpy.repeat(x, n, axis=0), noise, p.uq)
     rec, var = np.asarray(pred["rec"][0], np.float64), np.asarray(pred["var_obs"][0], np.float64)
     frames = np.asarray(frames, np.float64)
-    np.testing.assert_allclose(np.asarray(target[0]), np.asarray(pred["emitter"][0]), rtol=1e-5, atol=1e-6)
+    # the same network on a batch of 400 copies against one: another XLA program, round-off only
+    # (3x3 convolutions of up to 32 channels, about 14 layers deep, as the engine tests count)
+    assert_f32_close(np.asarray(target[0]), np.asarray(pred["emitter"][0]), n_terms=9 * 32, depth=16)
     # per pixel: mean within 5 standard errors √(var/n); variance ratio within 5·√(2/n) (pooled)
     assert np.all(np.abs(frames.mean(axis=0) - rec) < 5 * np.sqrt(var / n) + 1e-6)
     assert np.mean(frames.var(axis=0) / var) == pytest.approx(1.0, abs=5 * np.sqrt(2 / n) / np.sqrt(var.size))
